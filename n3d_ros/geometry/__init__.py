@@ -1,0 +1,1 @@
+"""n3d_ros.geometry"""

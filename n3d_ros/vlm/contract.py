@@ -1,0 +1,89 @@
+"""The contract every spatial VLM backend fulfils (built-in compact model, N3D-VLM, Qwen3-VL).
+
+Two stages, as in N3D-VLM: `ground` (question -> grounded 3D boxes, and what kind of question it
+is), then `reason` (question + boxes -> answer). `detect` is grounding with no question.
+All boxes come back in the optical frame of the SOURCE camera, 2D boxes in source pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ..core.camera import CameraModel
+from ..core.objects import GroundedObject
+from ..core.questions import QuerySpec
+
+
+@dataclass(frozen=True)
+class SceneInput:
+    """One camera frame as the models see it.
+
+    image:  (H, W, 3) uint8 RGB of the source camera.
+    camera: intrinsics of that image.
+    points: (H, W, 3) float32 metres, optical frame, on the source grid; None = let the backend's
+            own geometry encoder estimate it.
+    mask:   (H, W) bool validity of `points`.
+    """
+
+    image: np.ndarray
+    camera: CameraModel
+    points: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        img = np.asarray(self.image)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+        if img.shape[:2] != (self.camera.height, self.camera.width):
+            raise ValueError(f"image is {img.shape[1]}x{img.shape[0]} but the camera is "
+                             f"{self.camera.width}x{self.camera.height}")
+        if self.points is not None:
+            if self.points.shape != img.shape[:2] + (3,):
+                raise ValueError(f"points must be (H, W, 3) matching the image, got {self.points.shape}")
+            if self.mask is None:
+                object.__setattr__(self, "mask", np.all(np.isfinite(self.points), axis=-1))
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """Stage-1 output.
+
+    objects:  grounded boxes (optical frame, source camera), in the order the model emitted them.
+    spec:     what the backend understood the question to ask (None for detection or when the
+              backend cannot tell).
+    raw_text: the model's own output text, for debugging.
+    problems: what could not be parsed or was dropped (never raised).
+    """
+
+    objects: list[GroundedObject]
+    spec: QuerySpec | None = None
+    raw_text: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SpatialAnswer:
+    grounding: Grounding
+    answer: str
+    reasoning: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class SpatialVLM(Protocol):
+    name: str
+    device: str
+
+    def ground(self, scene: SceneInput, question: str, targets: Sequence[str] = ()) -> Grounding: ...
+
+    def detect(self, scene: SceneInput, phrases: Sequence[str] = ()) -> Grounding: ...
+
+    def reason(self, scene: SceneInput, question: str, grounding: Grounding) -> SpatialAnswer: ...
+
+    def close(self) -> None: ...
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint folder is missing, incomplete or of the wrong kind (message says which file)."""
