@@ -111,10 +111,13 @@ class Box3D:
         # Box axis most parallel to up becomes the vertical axis.
         k = int(np.argmax(np.abs(self.rotation.T @ up_vec)))
         others = [i for i in range(3) if i != k]
-        # Heading: the remaining box axis with the larger horizontal component.
+        # Heading: the lower-index remaining axis keeps its role (so a yaw-only box keeps its
+        # sizes in order), unless it is much closer to vertical than the other one.
         cand = [self.rotation[:, i] - np.dot(self.rotation[:, i], up_vec) * up_vec for i in others]
-        j = others[int(np.argmax([np.linalg.norm(c) for c in cand]))]
-        h = cand[others.index(j)]
+        norms = [float(np.linalg.norm(c)) for c in cand]
+        pick = 0 if norms[0] >= 0.5 * norms[1] else 1
+        j = others[pick]
+        h = cand[pick]
         h = h / np.linalg.norm(h)
         # Target layout follows the frame's yaw convention: vertical axis at index v_axis.
         # The frame's own vertical axis points up (N3D, BODY) or down (OPTICAL): keep that sign.

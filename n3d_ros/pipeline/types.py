@@ -42,4 +42,5 @@ class QueryResult:
     objects: list[GroundedObject] = field(default_factory=list)
     spec: QuerySpec | None = None
     latency_s: float = 0.0
+    value: float | int | str | bool | None = None  # structured answer (metres, count, category, yes/no)
     geometry_source: str = ""  # "depth" | "encoder:<backend>"

@@ -55,12 +55,14 @@ class Grounding:
               backend cannot tell).
     raw_text: the model's own output text, for debugging.
     problems: what could not be parsed or was dropped (never raised).
+    up:       (3,) unit up vector in the optical frame if the backend estimated the camera's tilt.
     """
 
     objects: list[GroundedObject]
     spec: QuerySpec | None = None
     raw_text: str = ""
     problems: list[str] = field(default_factory=list)
+    up: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class SpatialAnswer:
     answer: str
     reasoning: str = ""
     problems: list[str] = field(default_factory=list)
+    value: float | int | str | bool | None = None  # structured answer (metres, count, category, yes/no)
 
 
 @runtime_checkable

@@ -1,0 +1,397 @@
+"""Train the built-in compact spatial VLM on the synthetic world and write models/n3d_compact.
+
+    python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --out models/n3d_compact
+    python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --resume ckpt/ --out models/n3d_compact
+
+Data: scenes from `n3d_ros.sim` rendered straight onto the model grid (focal-normalized,
+letterboxed camera) on the training device, with templated questions. Encoder (depth + validity)
+and decoder (tokens, pointer, box, up vector) train jointly; the decoder sees measured geometry
+(ground-truth depth with holes and noise) for half of the images and the encoder's own estimate
+for the rest, so one model serves RGB and RGB-D robots.
+A run stops at its time budget and saves a resumable checkpoint (safetensors + JSON), because one
+command on the lent GPU may run at most 10 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.questions import SET_KINDS
+from ..geometry.checkpoint_io import load_safetensors, save_safetensors
+from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
+from ..geometry.preprocess import model_grid_transform
+from ..vlm.compact_model import CompactSpatialDecoder, CompactVLMConfig
+from ..vlm.compact_targets import box_to_target, output_tokens
+from ..vlm.compact_tokenizer import CompactTokenizer
+
+BOX_WEIGHTS = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.3, 0.3])
+
+
+@dataclass
+class TrainConfig:
+    out: str = "models/n3d_compact"
+    resume: str = ""                 # checkpoint folder of an earlier run
+    checkpoint: str = "ckpt"         # where this run leaves its resumable state
+    device: str = "cuda"
+    minutes: float = 8.0             # training time budget of this run (data generation excluded)
+    scenes: int = 12000              # scenes rendered for this run
+    scene_seed_offset: int = 0       # first scene seed (a resumed run uses fresh scenes)
+    questions_per_scene: int = 12
+    images_per_step: int = 48
+    questions_per_image: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 300
+    total_steps: int = 12000         # cosine schedule length across all runs
+    workers: int = max(1, (os.cpu_count() or 2) - 2)
+    render_batch: int = 64
+    seed: int = 0
+    export_onnx: bool = True
+
+
+# ----------------------------------------------------------------------------- data
+def _make_scene(seed: int):
+    from ..sim.world import generate_scene
+    return generate_scene(seed)
+
+
+def _grid_setup(scene, enc_cfg: CompactEncoderConfig):
+    """Model-grid camera of a scene and the valid rectangle (x0, y0, x1, y1) its image covers."""
+    T = model_grid_transform(scene.camera, enc_cfg)
+    cam = T.apply_camera(scene.camera)
+    (x0, y0), (x1, y1) = T.apply_points(np.array([[-0.5, -0.5],
+                                                  [scene.camera.width - 0.5, scene.camera.height - 0.5]]))
+    rect = (int(round(x0 + 0.5)), int(round(y0 + 0.5)), int(round(x1 + 0.5)), int(round(y1 + 0.5)))
+    return cam, rect
+
+
+def _question_records(args):
+    """Worker: questions of one scene -> token and grounding-target records (numpy only)."""
+    scene, cam, visible, tok_path, dec_cfg, n, seed = args
+    from ..sim.questions import make_questions
+    tok = CompactTokenizer.load(tok_path)
+    rng = np.random.default_rng(seed)
+    records = []
+    for q in make_questions(scene, visible, rng, n=n):
+        if q.spec.kind in SET_KINDS:
+            idx = sorted(q.targets[0] if q.targets else [],
+                         key=lambda i: float(cam.project(scene.objects[i].box.center[None])[0, 0]))
+        else:
+            idx = [t[0] for t in q.targets]
+        labels = [scene.objects[i].label for i in idx]
+        ids = output_tokens(tok, q.spec, labels)
+        tgts = [box_to_target(scene.objects[i].box, cam, scene.up, dec_cfg.grid_w, dec_cfg.grid_h, dec_cfg.patch)
+                for i in idx]
+        if any(t is None for t in tgts) or len(ids) > dec_cfg.max_output_len:
+            continue
+        q_ids = tok.encode_words(q.text)[: dec_cfg.max_question_len]
+        obj_pos = [p for p, t in enumerate(ids) if t == tok.obj_id]
+        records.append((np.array(q_ids, np.int32), np.array(ids, np.int32), np.array(obj_pos, np.int32),
+                        np.array([t.patch for t in tgts], np.int32), np.stack([t.params for t in tgts])
+                        if tgts else np.zeros((0, 8))))
+    return records
+
+
+def build_tokenizer(n_scenes: int = 400) -> CompactTokenizer:
+    """Vocabulary from the question templates and labels of a sample of scenes (closed world)."""
+    from ..sim.questions import make_questions
+    from ..sim.world import generate_scene
+    texts = []
+    for s in range(10_000_000, 10_000_000 + n_scenes):
+        scene = generate_scene(s)
+        visible = list(range(len(scene.objects)))
+        for q in make_questions(scene, visible, np.random.default_rng(s), n=40):
+            texts.append(q.text)
+            texts.extend(q.spec.targets)
+        texts.extend(o.label for o in scene.objects)
+    texts += ["detect all objects", "find all", "where is the", "how far is"]
+    return CompactTokenizer.build(texts)
+
+
+class GpuDataset:
+    """Rendered images on the device plus per-scene question records."""
+
+    def __init__(self, cfg: TrainConfig, enc_cfg: CompactEncoderConfig, dec_cfg: CompactVLMConfig,
+                 tok_path: str, log) -> None:
+        from ..sim.questions import visible_objects
+        from ..sim.render import render
+        dev = cfg.device
+        seeds = list(range(cfg.scene_seed_offset, cfg.scene_seed_offset + cfg.scenes))
+        t0 = time.time()
+        with ProcessPoolExecutor(cfg.workers) as pool:
+            scenes = list(pool.map(_make_scene, seeds, chunksize=64))
+        log(f"generated {len(scenes)} scenes in {time.time() - t0:.1f} s")
+        H, W = enc_cfg.in_height, enc_cfg.in_width
+        self.rgb = torch.empty((len(scenes), H, W, 3), dtype=torch.uint8, device=dev)
+        self.depth = torch.empty((len(scenes), H, W), dtype=torch.float16, device=dev)
+        self.K = torch.empty((len(scenes), 4), dtype=torch.float32, device=dev)
+        self.up = torch.empty((len(scenes), 3), dtype=torch.float32, device=dev)
+        cams, visible = [], []
+        t0 = time.time()
+        for start in range(0, len(scenes), cfg.render_batch):
+            chunk = scenes[start:start + cfg.render_batch]
+            setups = [_grid_setup(s, enc_cfg) for s in chunk]
+            out = render(chunk, device=dev, cameras=[c for c, _ in setups], valid_rects=[r for _, r in setups])
+            sl = slice(start, start + len(chunk))
+            self.rgb[sl] = out.rgb.to(dev)
+            self.depth[sl] = torch.nan_to_num(out.depth.to(dev), nan=0.0).clamp_max(60000).half()
+            for j, (s, (c, _)) in enumerate(zip(chunk, setups)):
+                cams.append(c)
+                self.K[start + j] = torch.tensor([c.fx, c.fy, c.cx, c.cy])
+                self.up[start + j] = torch.tensor(s.up, dtype=torch.float32)
+                visible.append(visible_objects(s, out.instance[j].cpu().numpy()))
+        log(f"rendered {len(scenes)} images in {time.time() - t0:.1f} s")
+        t0 = time.time()
+        jobs = [(s, c, v, tok_path, dec_cfg, cfg.questions_per_scene, cfg.seed * 7919 + seed)
+                for s, c, v, seed in zip(scenes, cams, visible, seeds)]
+        with ProcessPoolExecutor(cfg.workers) as pool:
+            self.questions = list(pool.map(_question_records, jobs, chunksize=32))
+        n_q = sum(len(q) for q in self.questions)
+        log(f"made {n_q} questions in {time.time() - t0:.1f} s")
+        self.usable = np.array([i for i, q in enumerate(self.questions) if q])
+        v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
+                              torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
+        self.u, self.v = u, v
+
+    def rays(self, idx: torch.Tensor) -> torch.Tensor:
+        K = self.K[idx]
+        x = (self.u[None] - K[:, 2, None, None]) / K[:, 0, None, None]
+        y = (self.v[None] - K[:, 3, None, None]) / K[:, 1, None, None]
+        return torch.stack([x, y], dim=1)
+
+
+def collate(ds: GpuDataset, rng: np.random.Generator, cfg: TrainConfig, dec_cfg: CompactVLMConfig,
+            tok: CompactTokenizer):
+    img_idx = rng.choice(ds.usable, size=cfg.images_per_step, replace=False)
+    rows = []
+    for b, i in enumerate(img_idx):
+        qs = ds.questions[i]
+        for j in rng.choice(len(qs), size=min(cfg.questions_per_image, len(qs)), replace=False):
+            rows.append((b, qs[j]))
+    B = len(rows)
+    Lq = max(len(r[1][0]) for r in rows)
+    Lo = max(len(r[1][1]) for r in rows)
+    q_ids = np.full((B, Lq), tok.pad_id, np.int64)
+    q_pad = np.ones((B, Lq), bool)
+    out_in = np.full((B, Lo), tok.pad_id, np.int64)
+    out_tgt = np.full((B, Lo), -100, np.int64)
+    region = np.full((B, Lo), -1, np.int64)
+    image_index = np.zeros(B, np.int64)
+    g_row, g_pos, g_patch, g_params = [], [], [], []
+    for r, (b, (q, ids, obj_pos, patches, params)) in enumerate(rows):
+        image_index[r] = b
+        q_ids[r, :len(q)] = q
+        q_pad[r, :len(q)] = False
+        out_in[r, 0] = tok.sep_id
+        out_in[r, 1:len(ids)] = ids[:-1]
+        out_tgt[r, :len(ids)] = ids
+        for k, p in enumerate(obj_pos):
+            if p + 1 < Lo:
+                region[r, p + 1] = patches[k]       # the <obj> input carries its region
+            g_row.append(r)
+            g_pos.append(p)                         # hidden state at p predicts <obj>
+            g_patch.append(patches[k])
+            g_params.append(params[k])
+    t = lambda a: torch.from_numpy(np.asarray(a)).to(cfg.device)  # noqa: E731
+    return (torch.from_numpy(img_idx).to(cfg.device), t(image_index), t(q_ids), t(q_pad), t(out_in), t(out_tgt),
+            t(region), t(np.array(g_row, np.int64)), t(np.array(g_pos, np.int64)), t(np.array(g_patch, np.int64)),
+            t(np.array(g_params, np.float32).reshape(-1, 8)))
+
+
+# ----------------------------------------------------------------------------- losses
+def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig):
+    (img_idx, image_index, q_ids, q_pad, out_in, out_tgt, region, g_row, g_pos, g_patch, g_params) = batch
+    image = ds.rgb[img_idx].permute(0, 3, 1, 2).float() / 255.0
+    rays = ds.rays(img_idx)
+    depth_gt = ds.depth[img_idx].float()[:, None]
+    valid_gt = depth_gt > 0.05
+    points, mask_logits, features = enc(image, rays)
+    z = points[:, 2:3].clamp_min(1e-3)
+    depth_loss = (torch.log(z) - torch.log(depth_gt.clamp_min(1e-3))).abs()[valid_gt].mean()
+    mask_loss = F.binary_cross_entropy_with_logits(mask_logits, valid_gt.float())
+
+    # Decoder geometry: measured depth (with holes and 1% noise) for half the images, else the estimate.
+    Bi = image.shape[0]
+    use_gt = (torch.rand(Bi, 1, 1, 1, device=image.device, generator=rng) < 0.5)
+    holes = torch.rand_like(depth_gt) < 0.05
+    noisy = depth_gt * (1 + 0.01 * torch.randn_like(depth_gt))
+    gt_points = torch.cat([rays, torch.ones_like(depth_gt)], dim=1) * noisy
+    gt_valid = valid_gt & ~holes
+    geo_points = torch.where(use_gt, gt_points, points.detach())
+    geo_valid = torch.where(use_gt, gt_valid, mask_logits.detach() > 0)
+    out = dec.forward_train(features, geo_points, geo_valid, image_index, q_ids, q_pad, out_in, region)
+    tok_loss = F.cross_entropy(out["logits"].flatten(0, 1).float(), out_tgt.flatten(), ignore_index=-100)
+
+    h = out["hidden"][g_row, g_pos]                                       # (G,d)
+    img_out = out["image_out"][g_row]                                     # (G,N,d)
+    ptr = dec.pointer_logits(h, img_out).float()
+    ptr_loss = F.cross_entropy(ptr, g_patch)
+    ptr_acc = (ptr.argmax(-1) == g_patch).float().mean()
+    at = img_out[torch.arange(len(g_patch), device=h.device), g_patch]
+    geo_at = out["geo"][g_row, g_patch]
+    pred = dec.box_params(h, at, geo_at).float()
+    z_ref = out["patch_points"][g_row, g_patch, 2].clamp_min(0.05)
+    tgt = g_params.clone()
+    tgt[:, 2] = tgt[:, 2] - torch.log(z_ref)
+    box_loss = (F.smooth_l1_loss(pred, tgt, reduction="none", beta=0.05) * BOX_WEIGHTS.to(h.device)).sum(-1).mean()
+    up_gt = ds.up[img_idx][image_index]
+    up_loss = (1 - (out["up"].float() * up_gt).sum(-1)).mean()
+    total = depth_loss + 0.2 * mask_loss + tok_loss + ptr_loss + box_loss + up_loss
+    stats = {"depth": depth_loss.item(), "tok": tok_loss.item(), "ptr": ptr_loss.item(),
+             "ptr_acc": ptr_acc.item(), "box": box_loss.item(), "up": up_loss.item()}
+    return total, stats
+
+
+# ----------------------------------------------------------------------------- run
+def train(cfg: TrainConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        log_lines.append(line)
+
+    ckpt = Path(cfg.checkpoint)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    enc_cfg = CompactEncoderConfig()
+    state = {"step": 0, "history": []}
+    if cfg.resume:
+        r = Path(cfg.resume)
+        meta = json.loads((r / "state.json").read_text())
+        state = meta["state"]
+        enc_cfg = CompactEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in meta["encoder"].items()})
+        tok = CompactTokenizer.load(r / "tokenizer.json")
+        dec_cfg = CompactVLMConfig.from_dict(meta["decoder"])
+    else:
+        t0 = time.time()
+        tok = build_tokenizer()
+        log(f"tokenizer: {tok.vocab_size} tokens ({time.time() - t0:.1f} s)")
+        dec_cfg = CompactVLMConfig(vocab_size=tok.vocab_size, feature_dim=enc_cfg.feature_dim,
+                                   grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16)
+    tok_path = str(ckpt / "tokenizer.json")
+    tok.save(tok_path)
+    enc = CompactGeometryEncoder(enc_cfg).to(cfg.device)
+    dec = CompactSpatialDecoder(dec_cfg).to(cfg.device)
+    if cfg.resume:
+        load_safetensors(enc, Path(cfg.resume) / "encoder.safetensors")
+        load_safetensors(dec, Path(cfg.resume) / "decoder.safetensors")
+    log(f"encoder {sum(p.numel() for p in enc.parameters()) / 1e6:.2f} M params, "
+        f"decoder {sum(p.numel() for p in dec.parameters()) / 1e6:.2f} M params")
+    ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, log)
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    if cfg.resume and (Path(cfg.resume) / "optimizer.safetensors").is_file():
+        _load_optimizer(opt, Path(cfg.resume) / "optimizer.safetensors")
+    rng = np.random.default_rng(cfg.seed + state["step"])
+    trng = torch.Generator(device=cfg.device)
+    trng.manual_seed(cfg.seed + state["step"])
+    use_amp = cfg.device.startswith("cuda")
+    t_start = time.time()
+    step = state["step"]
+    agg: dict[str, float] = {}
+    n_agg = 0
+    while time.time() - t_start < cfg.minutes * 60:
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (
+            1 + math.cos(math.pi * min(1.0, step / cfg.total_steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = collate(ds, rng, cfg, dec_cfg, tok)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            loss, stats = step_losses(enc, dec, ds, batch, trng, dec_cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        for k, v in stats.items():
+            agg[k] = agg.get(k, 0.0) + v
+        n_agg += 1
+        if step % 100 == 0:
+            avg = {k: round(v / n_agg, 4) for k, v in agg.items()}
+            state["history"].append({"step": step, "lr": lr, **avg})
+            log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.3f}" for k, v in avg.items()))
+            agg, n_agg = {}, 0
+    state["step"] = step
+    log(f"stopped at step {step} after {(time.time() - t_start) / 60:.1f} min")
+    enc.eval()
+    dec.eval()
+    save_safetensors(enc, ckpt / "encoder.safetensors")
+    save_safetensors(dec, ckpt / "decoder.safetensors")
+    _save_optimizer(opt, ckpt / "optimizer.safetensors")
+    meta = {"state": state, "encoder": asdict(enc_cfg), "decoder": dec_cfg.to_dict(), "train": asdict(cfg)}
+    (ckpt / "state.json").write_text(json.dumps(meta, indent=1))
+    (ckpt / "train_log.txt").open("a").write("\n".join(log_lines) + "\n")
+    write_model_folder(Path(cfg.out), enc, dec, tok, enc_cfg, dec_cfg, meta, export_onnx=cfg.export_onnx, log=log)
+    return meta
+
+
+def write_model_folder(out: Path, enc, dec, tok: CompactTokenizer, enc_cfg, dec_cfg, meta: dict, *,
+                       export_onnx: bool, log) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    enc = enc.float().cpu().eval()
+    dec = dec.float().cpu().eval()
+    save_safetensors(enc, out / "encoder.safetensors")
+    save_safetensors(dec, out / "decoder.safetensors")
+    tok.save(out / "tokenizer.json")
+    config = {"format": "n3d_compact", "version": 1, "encoder": asdict(enc_cfg), "decoder": dec_cfg.to_dict(),
+              "training": {"steps": meta["state"]["step"], "last": meta["state"]["history"][-1:]}}
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    if export_onnx:
+        from ..geometry.export_onnx import export_onnx as export
+        H, W = enc_cfg.in_height, enc_cfg.in_width
+        example = (torch.rand(1, 3, H, W), torch.randn(1, 2, H, W) * 0.5)
+        report = export(enc, out / "encoder.onnx", example_inputs=example, input_names=["image", "rays"],
+                        output_names=["points", "mask", "features"], dynamic=True, opset=17)
+        log(f"ONNX export: {report}")
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import save_file
+    tensors = {}
+    for gi, group in enumerate(opt.param_groups):
+        for pi, p in enumerate(group["params"]):
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v):
+                    tensors[f"{gi}.{pi}.{k}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    save_file(tensors, str(path))
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import load_file
+    tensors = load_file(str(path))
+    for gi, group in enumerate(opt.param_groups):
+        for pi, p in enumerate(group["params"]):
+            st = {k.split(".", 2)[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"{gi}.{pi}.")}
+            if st:
+                if "step" in st:
+                    st["step"] = st["step"].cpu()
+                opt.state[p] = st
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in TrainConfig.__dataclass_fields__.values():
+        default = f.default
+        if isinstance(default, bool):
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"),
+                           default=default)
+        else:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=default)
+    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

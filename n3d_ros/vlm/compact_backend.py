@@ -1,0 +1,232 @@
+"""The built-in compact spatial VLM as a `SpatialVLM` backend.
+
+Model folder layout (models/n3d_compact):
+  config.json          {"format": "n3d_compact", "encoder": {...}, "decoder": {...}}
+  encoder.onnx         geometry encoder graph (TensorRT / ONNX Runtime)
+  encoder.safetensors  the same weights for the PyTorch backend
+  decoder.safetensors  decoder with grounding heads
+  tokenizer.json       word-level tokenizer
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..core.camera import CameraModel
+from ..core.objects import GroundedObject
+from ..core.questions import SET_KINDS, QuestionKind
+from ..core.reasoning import ReasoningError, answer_query
+from ..geometry.contract import GeometryOutput
+from .compact_model import CompactSpatialDecoder, CompactVLMConfig
+from .compact_targets import ParsedOutput, target_to_box
+from .compact_tokenizer import CompactTokenizer
+from .contract import Grounding, ModelLoadError, SceneInput, SpatialAnswer
+
+LOG = logging.getLogger("n3d_ros.vlm")
+REQUIRED_FILES = ("config.json", "decoder.safetensors", "tokenizer.json")
+FORMAT = "n3d_compact"
+
+
+def default_model_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "models" / "n3d_compact"
+
+
+def read_model_config(model_dir: str | Path) -> dict:
+    """Validate the folder and return its config.json (ModelLoadError names what is missing)."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelLoadError(f"model folder {d} does not exist; pass model_dir pointing at a compact "
+                             f"model (default: {default_model_dir()})")
+    missing = [f for f in REQUIRED_FILES if not (d / f).is_file()]
+    if not (d / "encoder.safetensors").is_file() and not (d / "encoder.onnx").is_file():
+        missing.append("encoder.safetensors or encoder.onnx")
+    if missing:
+        raise ModelLoadError(f"model folder {d} is incomplete: missing {', '.join(missing)}")
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{d / 'config.json'} is not valid JSON: {exc}") from exc
+    if cfg.get("format") != FORMAT:
+        raise ModelLoadError(f"{d} holds format {cfg.get('format')!r}, expected {FORMAT!r}; for N3D-VLM or "
+                             f"Qwen3-VL folders choose backend n3d_vlm / qwen3_vl")
+    return cfg
+
+
+@dataclass
+class _Encoded:
+    features: torch.Tensor     # (1,C,h,w)
+    points: torch.Tensor       # (1,3,H,W) model grid, metres optical
+    valid: torch.Tensor        # (1,1,H,W) bool
+    camera: CameraModel        # model-grid camera
+    source: str
+
+
+class CompactSpatialVLM:
+    """Ground with the compact decoder, reason with the exact core arithmetic."""
+
+    name = "compact"
+
+    def __init__(self, model_dir: str | Path | None = None, *, device: str = "cpu",
+                 geometry_backend: str = "auto", precision: str = "fp32", engine_cache_dir: str = "") -> None:
+        from ..geometry.backends import make_encoder
+        from ..geometry.checkpoint_io import load_safetensors
+        from ..geometry.compact_encoder import CompactEncoderConfig
+
+        self.model_dir = Path(model_dir) if model_dir else default_model_dir()
+        cfg = read_model_config(self.model_dir)
+        self.device = device
+        self.enc_cfg = CompactEncoderConfig(**cfg["encoder"])
+        self.dec_cfg = CompactVLMConfig.from_dict(cfg["decoder"])
+        self.tokenizer = CompactTokenizer.load(self.model_dir / "tokenizer.json")
+        if self.tokenizer.vocab_size != self.dec_cfg.vocab_size:
+            raise ModelLoadError(f"tokenizer has {self.tokenizer.vocab_size} tokens, decoder expects "
+                                 f"{self.dec_cfg.vocab_size}")
+        self.decoder = CompactSpatialDecoder(self.dec_cfg)
+        load_safetensors(self.decoder, self.model_dir / "decoder.safetensors")
+        self.decoder.to(device).eval()
+        onnx = self.model_dir / "encoder.onnx"
+        weights = self.model_dir / "encoder.safetensors"
+        self.encoder = make_encoder(
+            "compact", weights=str(weights) if weights.is_file() else None,
+            onnx_path=str(onnx) if onnx.is_file() else None, config=self.enc_cfg,
+            backend=geometry_backend, device=device, precision=precision,
+            cache_dir=engine_cache_dir or None)
+        self.geometry_backend = self.encoder.backend
+
+    # ------------------------------------------------------------------ geometry
+    def _encode(self, scene: SceneInput) -> _Encoded:
+        out: GeometryOutput = self.encoder.encode([scene.image], [scene.camera])
+        if out.features is None:
+            raise RuntimeError("the compact encoder returned no features")
+        transform = out.transforms[0]
+        cam = transform.apply_camera(scene.camera)
+        points, mask, source = out.points[0], out.mask[0], f"encoder:{out.backend}"
+        if scene.points is not None:  # measured geometry (RGB-D) replaces the monocular estimate
+            points = transform.apply_image(np.where(scene.mask[..., None], scene.points, np.nan)
+                                           .astype(np.float32), interpolation="nearest", fill=np.nan)
+            mask = np.all(np.isfinite(points), axis=-1)
+            source = "depth"
+        dev = self.device
+        return _Encoded(
+            features=torch.from_numpy(np.ascontiguousarray(out.features[:1], dtype=np.float32)).to(dev),
+            points=torch.from_numpy(np.nan_to_num(points).transpose(2, 0, 1)[None].astype(np.float32)).to(dev),
+            valid=torch.from_numpy(mask[None, None]).to(dev), camera=cam, source=source)
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def _decode(self, enc: _Encoded, question: str, forced_labels: Sequence[str],
+                scene: SceneInput) -> Grounding:
+        tok, dec, cfg = self.tokenizer, self.decoder, self.dec_cfg
+        q = tok.encode_words(question)[: cfg.max_question_len]
+        if not q:
+            q = [tok.unk_id]
+        q_ids = torch.tensor([q], device=self.device)
+        state, patch_pts = dec.prefill(enc.features, enc.points, enc.valid, q_ids)
+        up = state.up[0].double().cpu().numpy()
+        patch_z = patch_pts[0, :, 2].cpu().numpy()
+        valid_frac = torch.nn.functional.avg_pool2d(enc.valid.float(), cfg.patch).flatten().cpu().numpy()
+        fallback_z = float(np.median(patch_z[valid_frac > 0.05])) if np.any(valid_frac > 0.05) else 2.0
+
+        parsed = ParsedOutput()
+        objects: list[GroundedObject] = []
+        words: list[str] = []
+        text: list[str] = []
+        forced: list[int] = []
+        banned = {tok.pad_id, tok.bos_id, tok.sep_id, tok.unk_id}
+        kind_ids = set(tok.kind_ids.values())
+        h = dec.step(state, torch.tensor([[tok.sep_id]], device=self.device), 0, None)
+        for pos in range(1, cfg.max_output_len):
+            logits = dec.lm_head(h)[0].float()
+            if forced:
+                nxt = forced.pop(0)
+            else:
+                allow = torch.zeros_like(logits, dtype=torch.bool)
+                if parsed.kind is None:
+                    allow[list(kind_ids)] = True
+                else:
+                    allow[:] = True
+                    allow[list(kind_ids | banned)] = False
+                    if not words:  # a grounding token needs a label before it
+                        allow[tok.obj_id] = False
+                logits = logits.masked_fill(~allow, float("-inf"))
+                nxt = int(torch.argmax(logits))
+            text.append(tok.token(nxt))
+            region = None
+            if nxt == tok.eos_id:
+                break
+            if parsed.kind is None:
+                parsed.kind = tok.id_to_kind.get(nxt)
+                forced = self._forced_tokens(parsed.kind, forced_labels)
+            elif nxt == tok.set_id:
+                parsed.class_phrase = " ".join(words)
+                words = []
+            elif nxt == tok.obj_id:
+                obj, n = self._ground(h, state, patch_z, valid_frac, fallback_z, up, enc, scene, words, len(objects))
+                objects.append(obj)
+                parsed.labels.append(obj.label)
+                words = []
+                region = state.image_in[:, n:n + 1]
+            else:
+                words.append(tok.token(nxt))
+            h = dec.step(state, torch.tensor([[nxt]], device=self.device), pos, region)
+        if words:
+            parsed.problems.append(f"output ended with ungrounded words {' '.join(words)!r}")
+        spec = parsed.spec()
+        return Grounding(objects=objects, spec=spec, raw_text=" ".join(text), problems=parsed.problems, up=up)
+
+    def _forced_tokens(self, kind: QuestionKind | None, labels: Sequence[str]) -> list[int]:
+        """When the caller names the phrases to ground, feed them instead of letting the model pick."""
+        tok = self.tokenizer
+        if not labels or kind is None:
+            return []
+        if kind in SET_KINDS:
+            return tok.encode_words(labels[0]) + [tok.set_id]
+        ids: list[int] = []
+        for label in labels:
+            ids += tok.encode_words(label) + [tok.obj_id]
+        return ids
+
+    def _ground(self, h, state, patch_z, valid_frac, fallback_z, up, enc: _Encoded, scene: SceneInput,
+                words: list[str], index: int) -> tuple[GroundedObject, int]:
+        dec, cfg = self.decoder, self.dec_cfg
+        ptr = dec.pointer_logits(h, state.image_out)[0].float().softmax(-1)
+        n = int(torch.argmax(ptr))
+        params = dec.box_params(h, state.image_out[:, n], state.geo[:, n])[0].double().cpu().numpy()
+        z_ref = float(patch_z[n]) if valid_frac[n] > 0.05 else fallback_z
+        box = target_to_box(n, params, z_ref, enc.camera, up, cfg.grid_w, cfg.patch)
+        b2d = box.project_2d(scene.camera)
+        obj = GroundedObject(box=box, label=" ".join(words), score=float(ptr[n]), id=f"bbox_{index}",
+                             box_2d=None if b2d is None else tuple(float(x) for x in b2d))
+        return obj, n
+
+    # ------------------------------------------------------------------ SpatialVLM
+    def ground(self, scene: SceneInput, question: str, targets: Sequence[str] = ()) -> Grounding:
+        return self._decode(self._encode(scene), question, targets, scene)
+
+    def detect(self, scene: SceneInput, phrases: Sequence[str] = ()) -> Grounding:
+        if phrases:
+            return self.ground(scene, f"find all {phrases[0]}", (phrases[0],))
+        return self.ground(scene, "detect all objects", ())
+
+    def reason(self, scene: SceneInput, question: str, grounding: Grounding) -> SpatialAnswer:
+        if grounding.spec is None:
+            return SpatialAnswer(grounding, answer="", problems=grounding.problems + [
+                "the model did not produce a question kind with matching objects"])
+        try:
+            ans = answer_query(grounding.spec, grounding.objects, up=grounding.up)
+        except ReasoningError as exc:
+            return SpatialAnswer(grounding, answer="", problems=grounding.problems + [str(exc)])
+        return SpatialAnswer(grounding, answer=ans.text, reasoning=ans.reasoning, value=ans.value,
+                             problems=list(grounding.problems))
+
+    def close(self) -> None:
+        self.encoder.close()
+        self.decoder = None  # type: ignore[assignment]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,102 @@
+"""What the compact model writes, and the box parameterization of its grounding head.
+
+Kept in one place because training (targets) and inference (decoding) must agree exactly.
+
+Output grammar:  <k:kind> [class words <set>] (label words <obj>)* <eos>
+  - pairwise / single kinds: one `label <obj>` per target, in the question's order;
+  - set kinds (count, closest, ...): `<set>` (preceded by the class phrase if the question names
+    one), then every candidate object left to right.
+Box parameters (model grid, gravity-levelled frame):
+  du, dv   centre offset from the patch centre, in patch units
+  dlogz    log(centre z / patch mean z)
+  log w, log h, log l   sizes along the levelled box axes (x, vertical, z)
+  sin 2t, cos 2t        yaw about the vertical axis (a box is the same under a half turn)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..core.box import Box3D
+from ..core.camera import CameraModel
+from ..core.frames import Frame, axis_rotation, gravity_rotation
+from ..core.questions import SET_KINDS, QuerySpec, QuestionKind
+from .compact_tokenizer import CompactTokenizer
+
+
+@dataclass(frozen=True)
+class GroundingTarget:
+    patch: int                 # index into the (grid_h * grid_w) patch grid, row-major
+    params: np.ndarray         # (8,) see module docstring; dlogz holds log(centre z) (absolute)
+
+
+def output_tokens(tok: CompactTokenizer, spec: QuerySpec, labels: Sequence[str]) -> list[int]:
+    """Token ids of the answer sequence (without the leading <sep>), ending with <eos>."""
+    ids = [tok.kind_ids[spec.kind]]
+    if spec.kind in SET_KINDS:
+        if spec.targets:
+            ids += tok.encode_words(spec.targets[0])
+        ids.append(tok.set_id)
+    for label in labels:
+        ids += tok.encode_words(label)
+        ids.append(tok.obj_id)
+    ids.append(tok.eos_id)
+    return ids
+
+
+def box_to_target(box: Box3D, camera: CameraModel, up: np.ndarray, grid_w: int, grid_h: int,
+                  patch: int) -> GroundingTarget | None:
+    """Ground-truth head target of `box` (any frame) seen by the model-grid `camera`.
+
+    None when the centre is behind the camera."""
+    b = box.to_frame(Frame.OPTICAL).gravity_aligned(up)
+    c = b.center
+    if c[2] <= 1e-3:
+        return None
+    u, v = camera.project(c[None])[0]
+    col = int(np.clip(np.floor((u + 0.5) / patch), 0, grid_w - 1))
+    row = int(np.clip(np.floor((v + 0.5) / patch), 0, grid_h - 1))
+    du = (u - ((col + 0.5) * patch - 0.5)) / patch
+    dv = (v - ((row + 0.5) * patch - 0.5)) / patch
+    R_level = gravity_rotation(up, Frame.OPTICAL) @ b.rotation
+    yaw = Box3D(np.zeros(3), b.size, R_level, Frame.OPTICAL).yaw
+    params = np.array([np.clip(du, -1, 1), np.clip(dv, -1, 1), np.log(c[2]),
+                       *np.log(np.maximum(b.size, 1e-3)), np.sin(2 * yaw), np.cos(2 * yaw)])
+    return GroundingTarget(patch=row * grid_w + col, params=params)
+
+
+def target_to_box(patch_index: int, params: np.ndarray, patch_z: float, camera: CameraModel,
+                  up: np.ndarray, grid_w: int, patch: int) -> Box3D:
+    """Inverse of `box_to_target` given the reference depth of the chosen patch: an optical-frame
+    box of `camera` (model grid)."""
+    row, col = divmod(int(patch_index), grid_w)
+    u = (col + 0.5) * patch - 0.5 + float(params[0]) * patch
+    v = (row + 0.5) * patch - 0.5 + float(params[1]) * patch
+    z = float(patch_z) * float(np.exp(params[2]))
+    center = camera.unproject(np.array([u, v]), z)
+    size = np.exp(np.clip(params[3:6], -5.0, 3.0))
+    yaw = 0.5 * float(np.arctan2(params[6], params[7]))
+    R = gravity_rotation(up, Frame.OPTICAL).T @ axis_rotation(1, yaw)
+    return Box3D(center, size, R, Frame.OPTICAL)
+
+
+@dataclass
+class ParsedOutput:
+    """The model's output sequence read back as a question spec plus object labels."""
+    kind: QuestionKind | None = None
+    class_phrase: str = ""
+    labels: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def spec(self) -> QuerySpec | None:
+        if self.kind is None:
+            return None
+        try:
+            if self.kind in SET_KINDS:
+                return QuerySpec(self.kind, (self.class_phrase,) if self.class_phrase else ())
+            return QuerySpec(self.kind, tuple(self.labels))
+        except ValueError as exc:  # e.g. a pairwise kind with one grounded object
+            self.problems.append(str(exc))
+            return None

@@ -1,0 +1,67 @@
+"""Box3D: corners, frames, gravity alignment, projection."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from n3d_ros.core.box import BOX_EDGES, Box3D
+from n3d_ros.core.camera import CameraModel
+from n3d_ros.core.frames import Frame, axis_rotation, convert_points, gravity_rotation, rotation_between
+
+CAM = CameraModel.from_intrinsics(500.0, 500.0, 319.5, 239.5, 640, 480)
+
+
+def test_frame_conversions_match_conventions():
+    p = np.array([1.0, 2.0, 3.0])  # optical: right, down, forward
+    np.testing.assert_allclose(convert_points(p, Frame.OPTICAL, Frame.N3D), [-1, -2, 3])
+    np.testing.assert_allclose(convert_points(p, Frame.OPTICAL, Frame.BODY), [3, -1, -2])
+    for a in Frame:
+        for b in Frame:
+            R = rotation_between(a, b)
+            assert np.isclose(np.linalg.det(R), 1.0)
+            np.testing.assert_allclose(rotation_between(b, a) @ R, np.eye(3), atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(yaw=st.floats(-3.1, 3.1), cx=st.floats(-2, 2), cz=st.floats(1, 8))
+def test_corners_volume_and_frames(yaw, cx, cz):
+    b = Box3D.from_yaw([cx, 0.3, cz], [0.4, 0.8, 1.2], yaw)
+    assert b.volume == pytest.approx(0.4 * 0.8 * 1.2)
+    assert b.yaw == pytest.approx(yaw, abs=1e-9)
+    c = b.corners()
+    assert c.shape == (8, 3) and len(BOX_EDGES) == 12
+    np.testing.assert_allclose(c.mean(0), b.center, atol=1e-12)
+    for f in Frame:
+        back = b.to_frame(f).to_frame(Frame.OPTICAL)
+        np.testing.assert_allclose(back.corners(), c, atol=1e-9)
+    assert b.contains(b.center[None])[0] and not b.contains((b.center + [5, 0, 0])[None])[0]
+
+
+def test_invalid_boxes_raise():
+    with pytest.raises(ValueError):
+        Box3D([0, 0, np.nan], [1, 1, 1])
+    with pytest.raises(ValueError):
+        Box3D([0, 0, 1], [1, -1, 1])
+    with pytest.raises(ValueError):
+        Box3D([0, 0, 1], [1, 1, 1], np.diag([1.0, 1.0, -1.0]))
+
+
+def test_gravity_aligned_undoes_camera_tilt():
+    up = axis_rotation(0, -0.3) @ np.array([0.0, -1.0, 0.0])  # camera pitched
+    R_tilted = gravity_rotation(up).T @ axis_rotation(1, 0.7)
+    b = Box3D([0.1, 0.2, 3.0], [0.5, 1.0, 0.3], R_tilted)
+    g = Box3D([0.1, 0.2, 3.0], [0.5, 1.0, 0.3], R_tilted @ axis_rotation(0, 0.05)).gravity_aligned(up)
+    np.testing.assert_allclose(g.rotation[:, 1], -up, atol=1e-12)  # box y axis is exactly "down"
+    np.testing.assert_allclose(g.size, b.size)
+
+
+def test_project_2d_tight_and_clipped():
+    b = Box3D([0.0, 0.0, 4.0], [1.0, 1.0, 1.0])
+    u0, v0, u1, v1 = b.project_2d(CAM)
+    assert u0 == pytest.approx(319.5 - 500 * 0.5 / 3.5) and u1 == pytest.approx(319.5 + 500 * 0.5 / 3.5)
+    assert v0 < 239.5 < v1
+    straddling = Box3D([0.0, 0.0, 0.2], [1.0, 1.0, 2.0])
+    assert straddling.project_2d(CAM) is not None
+    assert Box3D([0.0, 0.0, -5.0], [1.0, 1.0, 1.0]).project_2d(CAM) is None
+    assert Box3D([50.0, 0.0, 2.0], [1.0, 1.0, 1.0]).project_2d(CAM) is None
+    edge = Box3D([1.2, 0.0, 2.0], [1.0, 1.0, 1.0]).project_2d(CAM)
+    assert edge[2] == CAM.width - 1
