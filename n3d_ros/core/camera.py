@@ -131,8 +131,14 @@ class CameraModel:
         return self.distortion_model != "none"
 
     def normalized_intrinsics(self) -> np.ndarray:
-        """(3,3) K divided by image size (fx/W, fy/H, cx/W, cy/H): N3D-VLM's `intr`."""
+        """(3,3) intrinsics in image-size units (MoGe / N3D-VLM `intr`).
+
+        Those count pixels from the image EDGE (a pixel centre at u = (col + 0.5) / W), while this
+        model puts centres at integers: hence the half-pixel shift of the principal point.
+        """
         Kn = self.K.copy()
+        Kn[0, 2] += 0.5
+        Kn[1, 2] += 0.5
         Kn[0, :] /= self.width
         Kn[1, :] /= self.height
         Kn[2] = (0.0, 0.0, 1.0)
@@ -144,6 +150,8 @@ class CameraModel:
         K = np.asarray(intr, dtype=np.float64).reshape(3, 3).copy()
         K[0, :] *= width
         K[1, :] *= height
+        K[0, 2] -= 0.5
+        K[1, 2] -= 0.5
         K[2] = (0.0, 0.0, 1.0)
         return cls(width=width, height=height, K=K, frame_id=frame_id)
 
