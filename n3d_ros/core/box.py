@@ -17,7 +17,7 @@ BOX_EDGES = tuple((i, i | b) for i in range(8) for b in (1, 2, 4) if not i & b)
 _EDGE_SAMPLES = 8  # points per edge when projecting, so lens distortion bends edges correctly
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: identity equality
 class Box3D:
     """Oriented 3D box.
 

@@ -9,7 +9,7 @@ from .box import Box3D
 from .frames import Frame
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: identity equality
 class GroundedObject:
     """A 3D box with what it is.
 

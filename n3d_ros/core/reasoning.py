@@ -131,7 +131,7 @@ class _Dims:
 
 def _dims(box: Box3D, level: _Level) -> _Dims:
     g = box.gravity_aligned(level.up)  # optical frame: index 1 vertical, 0 heading, 2 third
-    x = np.array([1.0, 0.0, 0.0])
+    x = level.right  # the camera's x axis levelled: width does not depend on the camera's roll
     if abs(g.rotation[:, 0] @ x) >= abs(g.rotation[:, 2] @ x):
         return _Dims(float(g.size[1]), float(g.size[0]), float(g.size[2]))
     return _Dims(float(g.size[1]), float(g.size[2]), float(g.size[0]))

@@ -32,6 +32,7 @@ class PipelineConfig:
     precision: str = "fp32"          # of the large checkpoints / encoder engine
     engine_cache_dir: str = ""       # TensorRT engine cache ("" = ~/.cache/n3d_ros/engines)
     max_new_tokens: int = 256        # generation limit of the large checkpoints
+    moge_onnx: str = ""              # n3d_vlm: MoGe-2 ONNX geometry encoder ("" = built-in encoder)
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,11 +63,32 @@ def load_backend(cfg: PipelineConfig) -> SpatialVLM:
         return CompactSpatialVLM(cfg.model_dir or None, device=device, geometry_backend=cfg.geometry,
                                  precision="fp32" if device == "cpu" else cfg.precision,
                                  engine_cache_dir=cfg.engine_cache_dir)
+    dtype = "fp32" if device == "cpu" else cfg.precision
     if cfg.backend == "n3d_vlm":
-        from ..vlm.n3d_vlm import N3DVLM
-        return N3DVLM(cfg.model_dir, device=device, dtype=cfg.precision, max_new_tokens=cfg.max_new_tokens)
-    from ..vlm.qwen3_vl import Qwen3VL
-    return Qwen3VL(cfg.model_dir, device=device, dtype=cfg.precision, max_new_tokens=cfg.max_new_tokens)
+        from ..vlm.n3d_vlm import N3DVLM, N3DVLMConfig
+        return N3DVLM(cfg.model_dir, geometry_encoder=_n3d_geometry(cfg, device),
+                      config=N3DVLMConfig(device=device, dtype=dtype, max_new_tokens_ground=cfg.max_new_tokens,
+                                          max_new_tokens_reason=cfg.max_new_tokens))
+    from ..vlm.qwen3_vl import Qwen3VL, Qwen3VLConfig
+    return Qwen3VL(cfg.model_dir, config=Qwen3VLConfig(device=device, dtype=dtype,
+                                                       max_new_tokens_ground=cfg.max_new_tokens,
+                                                       max_new_tokens_reason=cfg.max_new_tokens))
+
+
+def _n3d_geometry(cfg: PipelineConfig, device: str):
+    """N3D-VLM needs a metric point map: a user's MoGe-2 ONNX when given, else the built-in encoder."""
+    from ..geometry.factory import make_encoder
+    cache = cfg.engine_cache_dir or None
+    if cfg.moge_onnx:
+        return make_encoder("moge", onnx_path=cfg.moge_onnx, backend=cfg.geometry, device=device,
+                            precision=cfg.precision, cache_dir=cache, long_side=640)
+    from ..vlm.compact_backend import default_model_dir, encoder_config, read_model_config
+    d = default_model_dir()
+    enc_cfg = encoder_config(read_model_config(d)["encoder"])
+    onnx = d / "encoder.onnx"
+    return make_encoder("compact", weights=str(d / "encoder.safetensors"),
+                        onnx_path=str(onnx) if onnx.is_file() else None, config=enc_cfg,
+                        backend=cfg.geometry, device=device, precision=cfg.precision, cache_dir=cache)
 
 
 class SpatialPipeline:

@@ -1,7 +1,8 @@
 """Train the built-in compact spatial VLM on the synthetic world and write models/n3d_compact.
 
     python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --out models/n3d_compact
-    python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --resume ckpt/ --out models/n3d_compact
+    python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --resume models/n3d_compact \
+        --scene-seed-offset 20000 --lr 5e-4 --out models/n3d_compact
 
 Data: scenes from `n3d_ros.sim` rendered straight onto the model grid (focal-normalized,
 letterboxed camera) on the training device, with templated questions. Encoder (depth + validity)
@@ -30,18 +31,19 @@ from ..core.questions import SET_KINDS
 from ..geometry.checkpoint_io import load_safetensors, save_safetensors
 from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
 from ..geometry.preprocess import model_grid_transform
+from ..vlm.compact_backend import encoder_config
 from ..vlm.compact_model import CompactSpatialDecoder, CompactVLMConfig
 from ..vlm.compact_targets import box_to_target, output_tokens
 from ..vlm.compact_tokenizer import CompactTokenizer
 
+STATE_FILE = "training_state.json"
 BOX_WEIGHTS = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.3, 0.3])
 
 
 @dataclass
 class TrainConfig:
     out: str = "models/n3d_compact"
-    resume: str = ""                 # checkpoint folder of an earlier run
-    checkpoint: str = "ckpt"         # where this run leaves its resumable state
+    resume: str = ""                 # model folder of an earlier run (continues its training)
     device: str = "cuda"
     minutes: float = 8.0             # training time budget of this run (data generation excluded)
     scenes: int = 12000              # scenes rendered for this run
@@ -52,7 +54,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 300
-    total_steps: int = 12000         # cosine schedule length across all runs
+    save_optimizer: bool = False     # AdamW state (2x the weights) in the checkpoint folder
     workers: int = max(1, (os.cpu_count() or 2) - 2)
     render_batch: int = 64
     seed: int = 0
@@ -262,16 +264,13 @@ def train(cfg: TrainConfig) -> dict:
         print(line, flush=True)
         log_lines.append(line)
 
-    ckpt = Path(cfg.checkpoint)
-    ckpt.mkdir(parents=True, exist_ok=True)
     enc_cfg = CompactEncoderConfig()
     state = {"step": 0, "history": []}
     if cfg.resume:
         r = Path(cfg.resume)
-        meta = json.loads((r / "state.json").read_text())
+        meta = json.loads((r / STATE_FILE).read_text())
         state = meta["state"]
-        enc_cfg = CompactEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                          for k, v in meta["encoder"].items()})
+        enc_cfg = encoder_config(meta["encoder"])
         tok = CompactTokenizer.load(r / "tokenizer.json")
         dec_cfg = CompactVLMConfig.from_dict(meta["decoder"])
     else:
@@ -280,7 +279,9 @@ def train(cfg: TrainConfig) -> dict:
         log(f"tokenizer: {tok.vocab_size} tokens ({time.time() - t0:.1f} s)")
         dec_cfg = CompactVLMConfig(vocab_size=tok.vocab_size, feature_dim=enc_cfg.feature_dim,
                                    grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16)
-    tok_path = str(ckpt / "tokenizer.json")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_path = str(out / "tokenizer.json")
     tok.save(tok_path)
     enc = CompactGeometryEncoder(enc_cfg).to(cfg.device)
     dec = CompactSpatialDecoder(dec_cfg).to(cfg.device)
@@ -299,12 +300,13 @@ def train(cfg: TrainConfig) -> dict:
     trng.manual_seed(cfg.seed + state["step"])
     use_amp = cfg.device.startswith("cuda")
     t_start = time.time()
-    step = state["step"]
+    step = first_step = state["step"]
     agg: dict[str, float] = {}
     n_agg = 0
     while time.time() - t_start < cfg.minutes * 60:
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (
-            1 + math.cos(math.pi * min(1.0, step / cfg.total_steps)))
+        # Warm-up, then a cosine over this run's time budget (a resumed run is a warm restart).
+        frac = min(1.0, (time.time() - t_start) / (cfg.minutes * 60))
+        lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
         batch = collate(ds, rng, cfg, dec_cfg, tok)
@@ -325,15 +327,13 @@ def train(cfg: TrainConfig) -> dict:
             agg, n_agg = {}, 0
     state["step"] = step
     log(f"stopped at step {step} after {(time.time() - t_start) / 60:.1f} min")
-    enc.eval()
-    dec.eval()
-    save_safetensors(enc, ckpt / "encoder.safetensors")
-    save_safetensors(dec, ckpt / "decoder.safetensors")
-    _save_optimizer(opt, ckpt / "optimizer.safetensors")
-    meta = {"state": state, "encoder": asdict(enc_cfg), "decoder": dec_cfg.to_dict(), "train": asdict(cfg)}
-    (ckpt / "state.json").write_text(json.dumps(meta, indent=1))
-    (ckpt / "train_log.txt").open("a").write("\n".join(log_lines) + "\n")
-    write_model_folder(Path(cfg.out), enc, dec, tok, enc_cfg, dec_cfg, meta, export_onnx=cfg.export_onnx, log=log)
+    if cfg.save_optimizer:
+        _save_optimizer(opt, out / "optimizer.safetensors")
+    state["runs"] = state.get("runs", []) + [{"config": asdict(cfg), "log": log_lines}]
+    meta = {"state": state, "encoder": asdict(enc_cfg), "decoder": dec_cfg.to_dict()}
+    # The model folder doubles as the checkpoint: weights, tokenizer and this training record.
+    (out / STATE_FILE).write_text(json.dumps(meta, indent=1))
+    write_model_folder(out, enc, dec, tok, enc_cfg, dec_cfg, meta, export_onnx=cfg.export_onnx, log=log)
     return meta
 
 
@@ -349,11 +349,12 @@ def write_model_folder(out: Path, enc, dec, tok: CompactTokenizer, enc_cfg, dec_
               "training": {"steps": meta["state"]["step"], "last": meta["state"]["history"][-1:]}}
     (out / "config.json").write_text(json.dumps(config, indent=1))
     if export_onnx:
+        from ..geometry.compact_runtime import INPUT_NAMES, OUTPUT_NAMES
         from ..geometry.export_onnx import export_onnx as export
         H, W = enc_cfg.in_height, enc_cfg.in_width
         example = (torch.rand(1, 3, H, W), torch.randn(1, 2, H, W) * 0.5)
-        report = export(enc, out / "encoder.onnx", example_inputs=example, input_names=["image", "rays"],
-                        output_names=["points", "mask", "features"], dynamic=True, opset=17)
+        report = export(enc, out / "encoder.onnx", example_inputs=example, input_names=list(INPUT_NAMES),
+                        output_names=list(OUTPUT_NAMES), dynamic=True, opset=17)
         log(f"ONNX export: {report}")
 
 

@@ -58,6 +58,12 @@ def read_model_config(model_dir: str | Path) -> dict:
     return cfg
 
 
+def encoder_config(cfg: dict):
+    """CompactEncoderConfig from its JSON form (lists back to tuples)."""
+    from ..geometry.compact_encoder import CompactEncoderConfig
+    return CompactEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+
+
 @dataclass
 class _Encoded:
     features: torch.Tensor     # (1,C,h,w)
@@ -74,14 +80,13 @@ class CompactSpatialVLM:
 
     def __init__(self, model_dir: str | Path | None = None, *, device: str = "cpu",
                  geometry_backend: str = "auto", precision: str = "fp32", engine_cache_dir: str = "") -> None:
-        from ..geometry.backends import make_encoder
+        from ..geometry.factory import make_encoder
         from ..geometry.checkpoint_io import load_safetensors
-        from ..geometry.compact_encoder import CompactEncoderConfig
 
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         cfg = read_model_config(self.model_dir)
         self.device = device
-        self.enc_cfg = CompactEncoderConfig(**cfg["encoder"])
+        self.enc_cfg = encoder_config(cfg["encoder"])
         self.dec_cfg = CompactVLMConfig.from_dict(cfg["decoder"])
         self.tokenizer = CompactTokenizer.load(self.model_dir / "tokenizer.json")
         if self.tokenizer.vocab_size != self.dec_cfg.vocab_size:

@@ -136,6 +136,15 @@ class QwenVLCheckpoint:
     device: str
     system_prompt: str | None = DEFAULT_SYSTEM
 
+    def release(self) -> None:
+        """Drop the model so its GPU memory can be reused (node deactivation)."""
+        model, self.model = self.model, None
+        if model is not None and str(self.device).startswith("cuda"):
+            import torch
+
+            del model
+            torch.cuda.empty_cache()
+
     @property
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)

@@ -1,0 +1,85 @@
+"""Source image + camera -> the fixed model grid of an encoder (focal normalization + padding).
+
+The image is rescaled so that its focal length becomes the encoder's canonical `f0` (GR3D),
+shrunk further only if it would not fit the grid, then padded (centred, no extra scaling) to
+exactly (in_width, in_height). The rays of the resulting model-grid camera are an input of the
+network, so it always knows the true field of view.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..core.camera import CameraModel
+from ..core.focal import PixelTransform, normalize_focal
+
+
+class GridConfig(Protocol):
+    in_width: int   # model grid width, px
+    in_height: int  # model grid height, px
+    f0: float       # canonical focal length, px
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One item ready for the network.
+
+    image:     (3, h, w) float32 RGB in [0, 1] on the model grid (0 in the padding).
+    rays:      (2, h, w) float32 (x/z, y/z) of every model-grid pixel, distortion removed.
+    transform: source pixels -> model-grid pixels.
+    camera:    the model-grid camera (focal f0 unless the image had to shrink).
+    """
+
+    image: np.ndarray
+    rays: np.ndarray
+    transform: PixelTransform
+    camera: CameraModel
+
+
+def model_grid_transform(camera: CameraModel, cfg: GridConfig) -> PixelTransform:
+    """The source -> model-grid PixelTransform for `camera` (focal normalization, then padding)."""
+    sx, sy = cfg.f0 / camera.fx, cfg.f0 / camera.fy
+    w, h = camera.width * sx, camera.height * sy
+    shrink = min(1.0, cfg.in_width / w, cfg.in_height / h)
+    max_long = None
+    if shrink < 1.0:
+        # floor keeps the rounded normalized size inside the grid on both axes.
+        max_long = max(1, int(math.floor(max(w, h) * shrink + 1e-6)))
+    norm = normalize_focal(camera, cfg.f0, max_long_side=max_long)
+    t = norm.transform
+    if t.out_width > cfg.in_width or t.out_height > cfg.in_height:
+        raise AssertionError(f"normalized size {t.out_width}x{t.out_height} exceeds the grid")
+    pad_x = (cfg.in_width - t.out_width) // 2
+    pad_y = (cfg.in_height - t.out_height) // 2
+    pad = PixelTransform(1.0, 1.0, float(pad_x), float(pad_y), cfg.in_width, cfg.in_height,
+                         t.out_width, t.out_height)
+    return t.then(pad)
+
+
+def prepare_input(image: np.ndarray, camera: CameraModel, cfg: GridConfig) -> ModelInput:
+    """(H, W, 3) uint8 RGB of `camera` -> ModelInput on the (cfg.in_width, cfg.in_height) grid."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    if img.shape[:2] != (camera.height, camera.width):
+        raise ValueError(f"image is {img.shape[1]}x{img.shape[0]} but the camera is "
+                         f"{camera.width}x{camera.height}")
+    transform = model_grid_transform(camera, cfg)
+    grid_cam = transform.apply_camera(camera)
+    resampled = transform.apply_image(img.astype(np.float32), interpolation="linear", fill=0.0)
+    chw = np.ascontiguousarray(resampled.transpose(2, 0, 1) / 255.0, dtype=np.float32)
+    return ModelInput(image=chw, rays=grid_rays(grid_cam), transform=transform, camera=grid_cam)
+
+
+def grid_rays(camera: CameraModel) -> np.ndarray:
+    """(2, h, w) float32 (x/z, y/z) per pixel of `camera` (valid everywhere, padding included)."""
+    rays = camera.ray_directions()[..., :2]
+    return np.ascontiguousarray(rays.transpose(2, 0, 1), dtype=np.float32)
+
+
+def stack_inputs(items: Sequence[ModelInput]) -> tuple[np.ndarray, np.ndarray]:
+    """-> ((B, 3, h, w) float32 images, (B, 2, h, w) float32 rays)."""
+    return (np.stack([m.image for m in items]), np.stack([m.rays for m in items]))

@@ -1,0 +1,94 @@
+"""Compact encoder module, safetensors I/O and the GeometryEncoder contract (torch backend)."""
+import numpy as np
+import pytest
+import torch
+
+from n3d_ros.core.camera import CameraModel
+from n3d_ros.geometry.checkpoint_io import load_safetensors, save_safetensors
+from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder, count_parameters
+from n3d_ros.geometry.contract import GeometryEncoder
+from n3d_ros.geometry.factory import make_encoder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_safetensors(CompactGeometryEncoder(), tmp_path_factory.mktemp("w") / "compact.safetensors")
+
+
+def test_module_shapes_bounds_and_rays():
+    cfg = CompactEncoderConfig()
+    m = CompactGeometryEncoder(cfg).eval()
+    assert 2_000_000 <= count_parameters(m) <= 5_000_000
+    img = torch.rand(2, 3, 96, 128)
+    rays = torch.randn(2, 2, 96, 128) * 0.5
+    with torch.no_grad():
+        pts, mask_logits, feats = m(img, rays)
+    assert pts.shape == (2, 3, 96, 128) and mask_logits.shape == (2, 1, 96, 128)
+    assert feats.shape == (2, cfg.feature_dim, 6, 8)
+    z = pts[:, 2]
+    assert z.min() >= cfg.min_depth * 0.999 and z.max() <= cfg.max_depth * 1.001
+    torch.testing.assert_close(pts[:, :2], rays * z[:, None])  # points lie on the given rays
+
+
+def test_config_rejects_bad_grid():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        CompactEncoderConfig(in_width=100)
+
+
+def test_safetensors_round_trip_and_mismatch(tmp_path):
+    a, b = CompactGeometryEncoder(), CompactGeometryEncoder()
+    path = save_safetensors(a, tmp_path / "a.safetensors")
+    load_safetensors(b, path)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    small = CompactGeometryEncoder(CompactEncoderConfig(feature_dim=64))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_safetensors(small, path)
+    with pytest.raises(ValueError, match="not found"):
+        load_safetensors(b, tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_contract_shapes(weights, tmp_path, batch):
+    enc = make_encoder("compact", weights=weights, backend="torch", device="cpu", cache_dir=tmp_path)
+    assert isinstance(enc, GeometryEncoder)
+    cams = [CameraModel.from_intrinsics(500, 500, 319.5, 239.5, 640, 480),
+            CameraModel.from_intrinsics(300, 310, 160, 120, 320, 240),
+            CameraModel.from_intrinsics(900, 900, 640, 360, 1280, 720)][:batch]
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (c.height, c.width, 3), dtype=np.uint8) for c in cams]
+    out = enc.encode(imgs, cams)
+    assert out.points.shape == (batch, 240, 320, 3) and out.points.dtype == np.float32
+    assert out.mask.shape == (batch, 240, 320) and out.mask.dtype == np.bool_
+    assert out.features.shape == (batch, 192, 15, 20)
+    assert len(out.transforms) == batch and out.backend == "torch(cpu, fp32)"
+    assert np.isnan(out.points[~out.mask]).all() and (out.points[out.mask][:, 2] > 0).all()
+    for i, c in enumerate(cams):
+        pts, m = out.points_on_source(i)
+        assert pts.shape == (c.height, c.width, 3) and m.shape == (c.height, c.width)
+    with pytest.raises(ValueError, match="2 images but 1 cameras"):
+        enc.encode(imgs[:1] * 2, cams[:1])
+    enc.close()
+
+
+def test_batch_equals_single(weights, tmp_path):
+    enc = make_encoder("compact", weights=weights, backend="torch", device="cpu", cache_dir=tmp_path)
+    cam = CameraModel.from_intrinsics(500, 500, 319.5, 239.5, 640, 480)
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(2)]
+    both = enc.encode(imgs, [cam, cam])
+    one = enc.encode(imgs[1:], [cam])
+    np.testing.assert_allclose(both.points[1], one.points[0], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_close_to_fp32(weights, tmp_path):
+    cam = CameraModel.from_intrinsics(240, 240, 159.5, 119.5, 320, 240)
+    img = np.random.default_rng(2).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    ref = make_encoder("compact", weights=weights, backend="torch", device="cpu").encode([img], [cam])
+    low = make_encoder("compact", weights=weights, backend="torch", device="cpu",
+                       precision="bf16").encode([img], [cam])
+    assert low.backend == "torch(cpu, bf16)"
+    m = ref.mask & low.mask
+    rel = np.linalg.norm(low.points[m] - ref.points[m]) / np.linalg.norm(ref.points[m])
+    assert rel < 5e-2
