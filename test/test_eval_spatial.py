@@ -277,6 +277,12 @@ def test_bench_on_rendered_scenes_with_perfect_double():
 
 def test_bench_with_built_in_model(tmp_path):
     out = tmp_path / "r.json"
-    assert B.main(["--quick", "--device", "cpu", "--out", str(out)]) == 0
+    assert B.main(["--scenes", "4", "--questions-per-scene", "5", "--device", "cpu", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert set(data["modes"]) == {"monocular", "depth"}
+    mono, depth = data["modes"]["monocular"], data["modes"]["depth"]
+    # Floors well under the shipped model's numbers (model card): a broken model or pipeline lands near 0.
+    assert depth["ap3d"]["0.25"] > 0.3 and mono["ap3d"]["0.25"] > 0.1
+    assert depth["median_centre_error_m"] < 0.2 and mono["median_centre_error_m"] < 0.5
+    assert depth["qa_accuracy"] >= 0.4 and mono["qa_accuracy"] >= 0.35
+    assert depth["failed_queries"] <= 3
