@@ -75,7 +75,8 @@ class PerfectPipeline:
         if detect_only:
             return QueryResult(True, objects=objs)
         q = self.by_q[question]
-        ans = answer_query(QuerySpec(q.kind, tuple(targets)), _pick(objs, tuple(targets)))
+        assert not targets, "the harness lets the model decide what to ground unless prompt_targets is set"
+        ans = answer_query(QuerySpec(q.kind, q.targets), _pick(objs, q.targets))
         if self.structured:
             return ValuedResult(True, answer="see value", objects=objs, value=ans.value)
         return QueryResult(True, answer=ans.text, objects=objs)
@@ -286,3 +287,19 @@ def test_bench_with_built_in_model(tmp_path):
     assert depth["median_centre_error_m"] < 0.2 and mono["median_centre_error_m"] < 0.5
     assert depth["qa_accuracy"] >= 0.4 and mono["qa_accuracy"] >= 0.35
     assert depth["failed_queries"] <= 3
+
+
+def test_prompt_targets_passes_ground_truth_phrases(samples):
+    seen = []
+
+    class Recording(BrokenPipeline):
+        def query(self, frame, question, targets=(), *, detect_only=False):
+            if not detect_only:
+                seen.append(tuple(targets))
+            return super().query(frame, question, targets, detect_only=detect_only)
+
+    E.evaluate_mode(Recording(), samples, "monocular")
+    assert seen and all(t == () for t in seen)
+    seen.clear()
+    E.evaluate_mode(Recording(), samples, "monocular", E.EvalConfig(prompt_targets=True))
+    assert seen == [q.targets for s in samples for q in s.questions]

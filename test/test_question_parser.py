@@ -146,3 +146,30 @@ def test_inflection(singular, plural):
         assert singularize(plural) == singular
     assert pluralize(singular) == plural
     assert pluralize(singular, 1) == singular
+
+
+@pytest.mark.parametrize("text,kind,targets", [
+    ("Is the red mug positioned above or below the blue table?", "above_below", ("red mug", "blue table")),
+    ("Is the ball located to the left or right of the sofa?", "left_right", ("ball", "sofa")),
+    ("Is the red mug any taller than the lamp?", "is_taller", ("red mug", "lamp")),
+    ("Does the chair stand shorter than the lamp?", "is_shorter", ("chair", "lamp")),
+    ("Seen from the camera, is the ball in front of or behind the sofa?", "front_behind", ("ball", "sofa")),
+])
+def test_sim_paraphrases(text, kind, targets):
+    spec = parse_question(text)
+    assert spec is not None and spec.kind.value == kind and spec.targets == targets
+
+
+def test_every_sim_template_parses_to_its_kind():
+    import numpy as np
+
+    from n3d_ros.sim.questions import make_questions
+    from n3d_ros.sim.world import generate_scene
+    n = 0
+    for seed in range(40):
+        scene = generate_scene(seed)
+        for q in make_questions(scene, list(range(len(scene.objects))), np.random.default_rng(seed), n=20):
+            spec = parse_question(q.text)
+            assert spec is not None and spec.kind == q.spec.kind, q.text
+            n += 1
+    assert n > 500

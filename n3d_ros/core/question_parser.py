@@ -107,6 +107,8 @@ def _normalize(text: str) -> str:
         s = s.replace(short, full)
     s = re.sub(r"\s+", " ", s).strip(" ?.!\t\n")
     s = _PREFIXES.sub("", s).strip(" ,?.!")
+    # "Seen from the camera, is A ...": the viewpoint is the camera's anyway
+    s = re.sub(r"^(?:seen|viewed|looking) from (?:the camera|here|my (?:view|viewpoint)|the robot)[, ]+", "", s)
     return s
 
 
@@ -189,6 +191,7 @@ def _superlative(m: re.Match[str]) -> QuerySpec | None:
 
 
 _LR = r"(?:to |on )?(?:the )?(?:left|right)(?: side)?(?: hand side)?"
+_PLACED = r"(?:located |positioned |placed |situated )?"
 _AB = r"(?:above|below|higher|lower|over|under|beneath|underneath)(?: than)?"
 _FB = r"(?:in front|behind|in back)(?: of)?"
 _CLOCK = r"(?:o'clock|clock direction|clock position|clock)(?: direction| position)?"
@@ -204,10 +207,10 @@ _RULES: tuple[tuple[re.Pattern[str], Builder], ...] = tuple((re.compile(p), b) f
      rf"beside) (?P<a>.+?)(?: facing [^,]+?)?,? (?:at |in )?(?:what|which) {_CLOCK} is (?P<b>.+)$",
      _pair(K.CLOCK)),
     # -- two-choice directions
-    (rf"^(?:is|are) (?P<a>.+?) {_LR} or {_LR} of (?P<b>.+)$", _pair(K.LEFT_RIGHT)),
+    (rf"^(?:is|are) (?P<a>.+?) {_PLACED}{_LR} or {_LR} of (?P<b>.+)$", _pair(K.LEFT_RIGHT)),
     (rf"^(?:on )?which side of (?P<b>.+?) (?:is|are) (?P<a>.+?)(?: on)?$", _pair(K.LEFT_RIGHT)),
-    (rf"^(?:is|are) (?P<a>.+?) {_AB} or {_AB} (?P<b>.+)$", _pair(K.ABOVE_BELOW)),
-    (rf"^(?:is|are) (?P<a>.+?) {_FB} or {_FB} (?P<b>.+)$", _pair(K.FRONT_BEHIND)),
+    (rf"^(?:is|are) (?P<a>.+?) {_PLACED}{_AB} or {_AB} (?P<b>.+)$", _pair(K.ABOVE_BELOW)),
+    (rf"^(?:is|are) (?P<a>.+?) {_PLACED}{_FB} or {_FB} (?P<b>.+)$", _pair(K.FRONT_BEHIND)),
     (r"^(?:which|what) is (?:closer|nearer)(?: to (?:the camera|me|you|us|the robot))?,? (?P<a>.+?) or (?P<b>.+)$",
      _pair(K.FRONT_BEHIND)),
     # -- yes/no predicates
@@ -215,8 +218,10 @@ _RULES: tuple[tuple[re.Pattern[str], Builder], ...] = tuple((re.compile(p), b) f
      r"of (?P<b>.+)$", _pair(K.IS_LEFT_OF)),
     (r"^(?:is|are|does|do) (?P<a>.+?) (?:appear |sit |stand |lie )?(?:to |on )?(?:the )?right(?: side| hand side)? "
      r"of (?P<b>.+)$", _pair(K.IS_RIGHT_OF)),
-    (r"^(?:is|are) (?P<a>.+?) taller than (?P<b>.+)$", _pair(K.IS_TALLER)),
-    (r"^(?:is|are) (?P<a>.+?) shorter than (?P<b>.+)$", _pair(K.IS_SHORTER)),
+    (r"^(?:is|are|does|do) (?P<a>.+?) (?:stand |appear |look )?(?:any |much )?taller than (?P<b>.+)$",
+     _pair(K.IS_TALLER)),
+    (r"^(?:is|are|does|do) (?P<a>.+?) (?:stand |appear |look )?(?:any |much )?shorter than (?P<b>.+)$",
+     _pair(K.IS_SHORTER)),
     (r"^(?:is|are) (?P<a>.+?) (?:located |positioned |placed )?(?:above|over|higher than|higher up than|on top of) "
      r"(?P<b>.+)$", _pair(K.IS_ABOVE)),
     (r"^(?:is|are) (?P<a>.+?) (?:located |positioned |placed )?(?:below|under|underneath|beneath|lower than) "

@@ -33,6 +33,7 @@ class BenchOptions:
     max_width: int = 640             # px; wider scene cameras are downscaled (same field of view)
     modes: tuple[str, ...] = MODES
     prompt_labels: bool = False      # detection prompted with the GT label set instead of "everything"
+    prompt_targets: bool = False     # questions carry the GT target phrases in `targets`
     device: str = "auto"             # pipeline device: auto | cpu | cuda
     backend: str = "compact"
     model_dir: str = ""
@@ -80,7 +81,8 @@ def run_benchmark(opts: BenchOptions, pipeline: QueryPipeline, *, render_device:
     samples = list(sim_samples(seeds, questions_per_scene=opts.questions_per_scene,
                                max_width=opts.max_width, render_device=render_device))
     t_render = time.perf_counter() - t0
-    report = evaluate(pipeline, samples, EvalConfig(modes=opts.modes, prompt_labels=opts.prompt_labels))
+    report = evaluate(pipeline, samples, EvalConfig(modes=opts.modes, prompt_labels=opts.prompt_labels,
+                                                    prompt_targets=opts.prompt_targets))
     device = str(getattr(pipeline, "device", opts.device))
     report.environment = {
         "hardware": hardware_line(device),
@@ -118,6 +120,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchOptions:
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--prompt-labels", action="store_true",
                    help="prompt detection with the ground-truth label set (default: detect everything)")
+    p.add_argument("--prompt-targets", action="store_true",
+                   help="pass the ground-truth target phrases as `targets` (default: the model decides)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--backend", choices=("compact", "n3d_vlm", "qwen3_vl"), default="compact")
     p.add_argument("--model-dir", default="", help="checkpoint folder ('' = built-in compact model)")
@@ -132,7 +136,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchOptions:
     if a.quick:
         scenes, qps, max_width = QUICK["scenes"], QUICK["questions_per_scene"], QUICK["max_width"]
     return BenchOptions(scenes=scenes, questions_per_scene=qps, first_seed=a.first_seed, max_width=max_width,
-                        modes=tuple(a.modes), prompt_labels=a.prompt_labels, device=a.device,
+                        modes=tuple(a.modes), prompt_labels=a.prompt_labels,
+                        prompt_targets=a.prompt_targets, device=a.device,
                         backend=a.backend, model_dir=a.model_dir, geometry=a.geometry, precision=a.precision,
                         out=a.out)
 

@@ -97,6 +97,8 @@ class EvalConfig:
     iou_thresholds: tuple[float, ...] = (0.25, 0.5)
     rel_tol: float = 0.10                 # numeric answers within 10 % count as correct
     prompt_labels: bool = False           # detection prompt: False = "everything", True = GT label set
+    prompt_targets: bool = False          # questions: False = the model decides what to ground,
+                                          # True = the GT target phrases go in `targets` (grounding given names)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -321,7 +323,7 @@ def evaluate_mode(pipeline: QueryPipeline, samples: Sequence[EvalSample], mode: 
         predictions.append(list(det.objects) if det.success else [])
         truths.append(list(sample.objects))
         for q in sample.questions:
-            res, dt = _timed_query(pipeline, frame, q.text, q.targets, False)
+            res, dt = _timed_query(pipeline, frame, q.text, q.targets if config.prompt_targets else (), False)
             latencies.append(dt)
             failed += int(not res.success)
             pred = predicted_value(res, q, labels)

@@ -1,0 +1,93 @@
+"""SpatialPipeline: configuration checks, model-folder errors, real queries with the built-in model."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from n3d_ros.core.frames import Frame
+from n3d_ros.pipeline.spatial_pipeline import PipelineConfig, SpatialPipeline
+from n3d_ros.pipeline.types import CameraFrame
+from n3d_ros.vlm.compact_backend import default_model_dir
+from n3d_ros.vlm.contract import ModelLoadError
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(backend="llava"), "backend='llava'"),
+    (dict(device="tpu"), "device='tpu'"),
+    (dict(geometry="openvino"), "geometry='openvino'"),
+    (dict(backend="n3d_vlm"), "needs model_dir"),
+    (dict(max_new_tokens=0), "max_new_tokens=0"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PipelineConfig(**kwargs)
+
+
+@pytest.mark.parametrize("backend", ["n3d_vlm", "qwen3_vl"])
+def test_missing_checkpoint_folder_is_a_clear_error(backend, tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        SpatialPipeline(PipelineConfig(backend=backend, model_dir=str(tmp_path / "nope"), device="cpu"))
+
+
+def test_incomplete_compact_folder_names_missing_files(tmp_path):
+    shutil.copy(default_model_dir() / "config.json", tmp_path / "config.json")
+    with pytest.raises(ModelLoadError, match="decoder.safetensors.*tokenizer.json"):
+        SpatialPipeline(PipelineConfig(model_dir=str(tmp_path), device="cpu"))
+    (tmp_path / "config.json").write_text(json.dumps({"format": "something_else"}))
+    for f in ("decoder.safetensors", "tokenizer.json", "encoder.safetensors"):
+        (tmp_path / f).write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="backend n3d_vlm / qwen3_vl"):
+        SpatialPipeline(PipelineConfig(model_dir=str(tmp_path), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = SpatialPipeline(PipelineConfig(device="cpu"))
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def frame():
+    from n3d_ros.ros.sim_camera_node import render_sim_frame
+    return render_sim_frame(1_000_124, width=640, height=480)
+
+
+def test_grounds_the_named_object_near_its_true_box(pipe, frame):
+    target = next(o for o in frame.objects if o.label == "red cabinet")
+    for depth in (None, frame.depth):
+        res = pipe.query(CameraFrame(image=frame.rgb, camera=frame.camera, depth=depth), "Where is the red cabinet?")
+        assert res.success, res.message
+        assert [o.label for o in res.objects] == ["red cabinet"]
+        box = res.objects[0].box
+        assert box.frame == Frame.OPTICAL
+        assert np.linalg.norm(box.center - target.box.center) < (0.3 if depth is not None else 0.5)
+        assert res.geometry_source == ("depth" if depth is not None else "encoder:onnxruntime(CPUExecutionProvider)")
+        u0, v0, u1, v1 = res.objects[0].box_2d
+        tu0, tv0, tu1, tv1 = target.box_2d
+        assert max(u0, tu0) < min(u1, tu1) and max(v0, tv0) < min(v1, tv1)  # 2D boxes overlap in source pixels
+
+
+def test_answers_carry_values_and_reasoning(pipe, frame):
+    img = CameraFrame(image=frame.rgb, camera=frame.camera, depth=frame.depth)
+    res = pipe.query(img, "How tall is the pink shelf?")
+    assert res.success and isinstance(res.value, float) and "m" in res.answer and res.reasoning
+    shelf = next(o for o in frame.objects if o.label == "pink shelf")
+    assert abs(res.value - shelf.box.size[1]) < 0.25
+    res = pipe.query(img, "How many objects are there?", detect_only=True)
+    assert res.success and res.value == len(res.objects) >= 3
+
+
+def test_targets_force_the_grounded_phrases(pipe, frame):
+    img = CameraFrame(image=frame.rgb, camera=frame.camera)
+    res = pipe.query(img, "How far apart are these?", targets=["red cabinet", "pink shelf"])
+    assert res.success, res.message
+    assert [o.label for o in res.objects] == ["red cabinet", "pink shelf"]
+
+
+def test_closed_pipeline_refuses_politely(frame):
+    p = SpatialPipeline(PipelineConfig(device="cpu"))
+    p.close()
+    res = p.query(CameraFrame(image=frame.rgb, camera=frame.camera), "Where is the red cabinet?")
+    assert not res.success and "closed" in res.message
