@@ -200,7 +200,7 @@ def test_clock_is_exact():
     q = E.EvalQuestion("q", K.CLOCK, ("a", "b"), 12)
     r = QueryResult(True, answer="It is at 11 o'clock.")
     assert E.predicted_value(r, q, []) == "11 o'clock"
-    assert E._truth_for_record(12, K.CLOCK) == "12 o'clock"
+    assert E.truth_for_record(12, K.CLOCK) == "12 o'clock"
 
 
 def test_question_text_is_parseable_by_core():

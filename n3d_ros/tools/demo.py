@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     cam_cmd = [py, "-m", "n3d_ros.ros.sim_camera_node", "--ros-args", "-p", f"seed:={args.seed}",
                "-p", f"width:={args.width}", "-p", f"height:={args.height}",
-               "-p", f"publish_depth:={'true' if args.depth else 'false'}", "-p", "rate_hz:=5.0"]
-    node_cmd = [py, "-m", "n3d_ros.ros.spatial_query_node", "--ros-args", "-p", f"device:={args.device}"]
+               "-p", f"publish_depth:={'true' if args.depth else 'false'}", "-p", "rate_hz:=5.0",
+               "-p", "qos_reliability:=reliable"]
+    # Reliable image transport on both ends: over loopback UDP (no shared memory with these wheels) a
+    # best-effort 640x480 image loses a fragment most of the time and with it the whole frame.
+    node_cmd = [py, "-m", "n3d_ros.ros.spatial_query_node", "--ros-args", "-p", f"device:={args.device}",
+                "-p", "image_reliability:=reliable"]
     import rclpy
 
     from ..ros.query_client import SpatialQueryClient, build_request, format_table, response_to_dict
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("spatial_query service did not come up", file=sys.stderr)
                 return 1
         print(f"/spatial_query is up after {time.time() - t0:.1f} s\n", flush=True)
-        answered = 0
+        answered = right = 0
         for q in questions:
             res = None
             for _ in range(10):  # the node may still be waiting for its first camera frame
@@ -111,10 +115,23 @@ def main(argv: list[str] | None = None) -> int:
                 print("   (no response)\n")
                 continue
             answered += bool(res.success)
+            ok = res.success and _matches_truth(q, res.answer, labels)
+            right += ok
             print("   " + format_table(response_to_dict(res)).replace("\n", "\n   "))
-            print(f"   ground truth: {q.answer.text}\n", flush=True)
-        print(f"{answered}/{len(questions)} questions answered (success=true).")
+            print(f"   ground truth: {q.answer.text}  [{'right' if ok else 'wrong'}]\n", flush=True)
+        print(f"{answered}/{len(questions)} questions answered (success=true), {right} right "
+              f"(numbers within 10 %, categories exact).")
         return 0 if answered else 1
+
+
+def _matches_truth(question, answer: str, labels: list[str]) -> bool:
+    """Same scoring as the benchmark (n3d_ros.tools.eval_spatial), applied to the answer text."""
+    from ..core.metrics import answer_correct
+    from ..pipeline.types import QueryResult
+    from .eval_spatial import EvalQuestion, predicted_value, truth_for_record
+    eq = EvalQuestion(question.text, question.spec.kind, question.spec.targets, question.answer.value)
+    predicted = predicted_value(QueryResult(True, answer=answer), eq, labels)
+    return answer_correct(predicted, truth_for_record(eq.truth, eq.kind))
 
 
 def _stop(p: subprocess.Popen) -> None:

@@ -251,7 +251,7 @@ def clock_category(hour: int) -> str:
     return f"{int(hour)} o'clock"
 
 
-def _truth_for_record(truth: TruthValue, kind: QuestionKind) -> str | float:
+def truth_for_record(truth: TruthValue, kind: QuestionKind) -> str | float:
     if kind == QuestionKind.CLOCK and not isinstance(truth, (bool, str)):
         return clock_category(int(truth))
     if isinstance(truth, bool):
@@ -329,7 +329,7 @@ def evaluate_mode(pipeline: QueryPipeline, samples: Sequence[EvalSample], mode: 
             pred = predicted_value(res, q, labels)
             if q.kind == QuestionKind.CLOCK and isinstance(pred, (int, float)) and not isinstance(pred, bool):
                 pred = clock_category(int(pred))  # a structured value is the bare hour
-            truth = _truth_for_record(q.truth, q.kind)
+            truth = truth_for_record(q.truth, q.kind)
             records.append(QARecord(q.kind, pred, truth))
             if q.kind == QuestionKind.DISTANCE:
                 p = pred if isinstance(pred, (int, float)) and not isinstance(pred, bool) else None
