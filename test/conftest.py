@@ -96,3 +96,14 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared folder {path} not found (set N3D_SHARED_DIR)")
     return path
+
+
+@pytest.fixture
+def ros_context(monkeypatch: pytest.MonkeyPatch):
+    """A private rclpy context for in-process nodes: localhost only, on this session's domain."""
+    rclpy = pytest.importorskip("rclpy")
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
+    yield ctx
+    rclpy.shutdown(context=ctx)

@@ -26,15 +26,6 @@ from n3d_ros.ros import bag_player as BP
 W, H = 8, 6
 
 
-@pytest.fixture
-def ros_context(monkeypatch):
-    """A private rclpy context: localhost only, on this session's domain (test/conftest.py sets it)."""
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
 
 def _frame_msgs(i: int, stamp_ns: int) -> tuple[Image, CameraInfo]:
     rgb = np.random.default_rng(i).integers(0, 256, (H, W, 3), dtype=np.uint8)

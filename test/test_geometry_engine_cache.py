@@ -1,7 +1,6 @@
 """Engine cache: key stability, rebuild on corrupt/absent, atomic files, profiles, n3d-build-engine."""
 import logging
 
-import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper

@@ -2,7 +2,6 @@
 session's private domain from conftest.py) with a hand-made frame source, and one real render."""
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -83,15 +82,6 @@ def test_resized_camera_keeps_view_centre_and_square_pixels(w, h):
 
 
 # ---------------------------------------------------------------------------------- the node
-@pytest.fixture
-def ros_context(monkeypatch):
-    """A private rclpy context: localhost only, on this session's domain (test/conftest.py sets it)."""
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
 
 def _run(ctx, params, frame_source, done, timeout=15.0):
     """Spin the node and a listener until done(got) or timeout; returns (node, got)."""

@@ -208,7 +208,7 @@ _RULES: tuple[tuple[re.Pattern[str], Builder], ...] = tuple((re.compile(p), b) f
      _pair(K.CLOCK)),
     # -- two-choice directions
     (rf"^(?:is|are) (?P<a>.+?) {_PLACED}{_LR} or {_LR} of (?P<b>.+)$", _pair(K.LEFT_RIGHT)),
-    (rf"^(?:on )?which side of (?P<b>.+?) (?:is|are) (?P<a>.+?)(?: on)?$", _pair(K.LEFT_RIGHT)),
+    (r"^(?:on )?which side of (?P<b>.+?) (?:is|are) (?P<a>.+?)(?: on)?$", _pair(K.LEFT_RIGHT)),
     (rf"^(?:is|are) (?P<a>.+?) {_PLACED}{_AB} or {_AB} (?P<b>.+)$", _pair(K.ABOVE_BELOW)),
     (rf"^(?:is|are) (?P<a>.+?) {_PLACED}{_FB} or {_FB} (?P<b>.+)$", _pair(K.FRONT_BEHIND)),
     (r"^(?:which|what) is (?:closer|nearer)(?: to (?:the camera|me|you|us|the robot))?,? (?P<a>.+?) or (?P<b>.+)$",

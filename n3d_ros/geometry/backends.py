@@ -13,7 +13,10 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+
+if TYPE_CHECKING:  # torch is imported only where a torch backend is built
+    import torch
 
 import numpy as np
 

@@ -95,9 +95,15 @@ def check_batch(images: Sequence[np.ndarray], cameras: Sequence[CameraModel]) ->
     if len(images) != len(cameras):
         raise ValueError(f"got {len(images)} images but {len(cameras)} cameras")
     for i, (img, cam) in enumerate(zip(images, cameras)):
-        img = np.asarray(img)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"image {i} must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
-        if img.shape[:2] != (cam.height, cam.width):
-            raise ValueError(f"image {i} is {img.shape[1]}x{img.shape[0]} but its camera is "
-                             f"{cam.width}x{cam.height}")
+        check_image(img, cam, name=f"image {i}")
+
+
+def check_image(image: np.ndarray, camera: CameraModel, *, name: str = "image") -> np.ndarray:
+    """The image as an array; ValueError unless it is (H, W, 3) uint8 RGB of the camera's size."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"{name} must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    if img.shape[:2] != (camera.height, camera.width):
+        raise ValueError(f"{name} is {img.shape[1]}x{img.shape[0]} but the camera is "
+                         f"{camera.width}x{camera.height}")
+    return img

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.camera import CameraModel
 from ..core.focal import PixelTransform, normalize_focal
+from .contract import check_image
 
 
 class GridConfig(Protocol):
@@ -61,12 +62,7 @@ def model_grid_transform(camera: CameraModel, cfg: GridConfig) -> PixelTransform
 
 def prepare_input(image: np.ndarray, camera: CameraModel, cfg: GridConfig) -> ModelInput:
     """(H, W, 3) uint8 RGB of `camera` -> ModelInput on the (cfg.in_width, cfg.in_height) grid."""
-    img = np.asarray(image)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
-    if img.shape[:2] != (camera.height, camera.width):
-        raise ValueError(f"image is {img.shape[1]}x{img.shape[0]} but the camera is "
-                         f"{camera.width}x{camera.height}")
+    img = check_image(image, camera)
     transform = model_grid_transform(camera, cfg)
     grid_cam = transform.apply_camera(camera)
     resampled = transform.apply_image(img.astype(np.float32), interpolation="linear", fill=0.0)

@@ -14,6 +14,7 @@ import numpy as np
 from ..core.camera import CameraModel
 from ..core.objects import GroundedObject
 from ..core.questions import QuerySpec
+from ..geometry.contract import check_image
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,7 @@ class SceneInput:
     mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        img = np.asarray(self.image)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
-        if img.shape[:2] != (self.camera.height, self.camera.width):
-            raise ValueError(f"image is {img.shape[1]}x{img.shape[0]} but the camera is "
-                             f"{self.camera.width}x{self.camera.height}")
+        img = check_image(self.image, self.camera)
         if self.points is not None:
             if self.points.shape != img.shape[:2] + (3,):
                 raise ValueError(f"points must be (H, W, 3) matching the image, got {self.points.shape}")

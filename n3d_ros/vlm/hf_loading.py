@@ -136,6 +136,20 @@ class QwenVLCheckpoint:
     device: str
     system_prompt: str | None = DEFAULT_SYSTEM
 
+    def generate_greedy(self, inputs: dict, max_new_tokens: int, *, decoder: Any | None = None,
+                        prefix_key: str | None = None) -> str:
+        """Greedy continuation of `inputs` (from `encode`) as text: through the fast decoder when
+        given (static cache, CUDA graphs, prefix reuse under `prefix_key`), else `model.generate`."""
+        import torch
+
+        if decoder is not None:
+            tokens = decoder.generate(inputs, max_new_tokens=max_new_tokens, prefix_key=prefix_key).tokens
+        else:
+            with torch.no_grad():
+                out = self.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+            tokens = out[0, inputs["input_ids"].shape[1]:].tolist()
+        return self.decode(tokens)
+
     def release(self) -> None:
         """Drop the model so its GPU memory can be reused (node deactivation)."""
         model, self.model = self.model, None

@@ -141,19 +141,9 @@ class N3DVLM:
     # ------------------------------------------------------------------ generation
     def generate_text(self, user_text: str, prep: PreparedScene, max_new_tokens: int) -> str:
         """Greedy answer to one user turn ('<image>' marks the image) about the prepared scene."""
-        import torch
-
         inputs = self.ckpt.encode(user_text, [prep.image])
         self.pe.set_point_maps([(prep.points_norm, prep.valid)])
-        if self.decoder is not None:
-            tokens = self.decoder.generate(inputs, max_new_tokens=max_new_tokens,
-                                           prefix_key=prep.key).tokens
-        else:
-            with torch.no_grad():
-                out = self.ckpt.model.generate(**inputs, do_sample=False,
-                                               max_new_tokens=max_new_tokens)
-            tokens = out[0, inputs["input_ids"].shape[1]:].tolist()
-        return self.ckpt.decode(tokens)
+        return self.ckpt.generate_greedy(inputs, max_new_tokens, decoder=self.decoder, prefix_key=prep.key)
 
     def _grounding(self, text: str, prep: PreparedScene, scene: SceneInput, spec: Any) -> Grounding:
         raw = self.generate_text(text, prep, self.config.max_new_tokens_ground)

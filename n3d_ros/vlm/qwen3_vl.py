@@ -123,19 +123,9 @@ class Qwen3VL:
         return np.asarray(Image.fromarray(scene.image).resize(size, Image.LANCZOS))
 
     def generate_text(self, user_text: str, image: np.ndarray, max_new_tokens: int) -> str:
-        import torch
-
         inputs = self.ckpt.encode(user_text, [image])
-        if self.decoder is not None:
-            key = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
-            tokens = self.decoder.generate(inputs, max_new_tokens=max_new_tokens,
-                                           prefix_key=key).tokens
-        else:
-            with torch.no_grad():
-                out = self.ckpt.model.generate(**inputs, do_sample=False,
-                                               max_new_tokens=max_new_tokens)
-            tokens = out[0, inputs["input_ids"].shape[1]:].tolist()
-        return self.ckpt.decode(tokens)
+        key = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
+        return self.ckpt.generate_greedy(inputs, max_new_tokens, decoder=self.decoder, prefix_key=key)
 
     def decode(self, raw: str, camera: CameraModel) -> tuple[list[GroundedObject], list[str]]:
         """JSON text -> optical-frame objects of `camera` (source) with source-pixel 2D boxes."""
