@@ -400,3 +400,20 @@ def test_camera_keeps_flowing_while_a_query_runs(harness):
     assert harness.wait_for(future.done, 5.0) and future.result().success
     assert during >= 8, f"only {during} frames paired while the query ran"
     assert harness.node.health().buffer.dropped >= during - 1 - 4  # buffer_size 4; the one used is not dropped
+
+
+@pytest.mark.parametrize("backend", ["n3d_vlm", "qwen3_vl"])
+def test_checkpoint_folder_parameter_missing_folder_is_reported(request, tmp_path, backend):
+    """backend + model_dir parameters reach the real loaders; a missing folder is a clear error, no crash."""
+    from n3d_ros.ros.spatial_query_node import default_pipeline_factory
+
+    missing = tmp_path / "no_such_checkpoint"
+    h = Harness(_env_for_test(request), factory=default_pipeline_factory, backend=backend,
+                model_dir=str(missing), device="cpu")
+    try:
+        assert h.wait_for(lambda: h.node.health().load_error != "", 60.0)
+        health = h.node.health()
+        assert health.state == "inactive"
+        assert str(missing) in health.load_error and "does not exist" in health.load_error
+    finally:
+        h.close()
