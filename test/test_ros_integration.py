@@ -86,13 +86,14 @@ def _ros_env(request) -> dict[str, str]:
 class Camera:
     """Test-side ROS node in its own context: publishes frames, calls the service."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], reliable: bool = False) -> None:
         self._saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
         self.node = rclpy.create_node("integration_camera", context=self.ctx)
-        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+        policy = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+        qos = QoSProfile(depth=5, reliability=policy)
         self.image_pub = self.node.create_publisher(Image, "image", qos)
         self.info_pub = self.node.create_publisher(CameraInfo, "camera_info", qos)
         self.client = self.node.create_client(SpatialQuery, "/spatial_query")
@@ -171,9 +172,9 @@ def _synthetic_frame(w: int = 160, h: int = 120) -> tuple[np.ndarray, np.ndarray
 class Session:
     """A node process and the camera/client talking to it (the camera can be replaced)."""
 
-    def __init__(self, proc: subprocess.Popen, env: dict[str, str]) -> None:
+    def __init__(self, proc: subprocess.Popen, env: dict[str, str], reliable: bool = False) -> None:
         self.proc, self.env = proc, env
-        self.cam = Camera(env)
+        self.cam = Camera(env, reliable)
 
 
 @pytest.fixture
@@ -253,7 +254,9 @@ def real_node(request):
     assert MODEL_CONFIG.exists(), "the built-in model ships in models/n3d_compact"
     env = _ros_env(request)
     session = Session(_start_node(env, [sys.executable, "-m", "n3d_ros.ros.spatial_query_node", "--ros-args",
-                                        "-p", "device:=cpu", "-p", "default_timeout_sec:=120.0"]), env)
+                                        "-p", "device:=cpu", "-p", "default_timeout_sec:=120.0",
+                                        # 640x480 frames: best effort over loopback UDP loses most of them
+                                        "-p", "image_reliability:=reliable"]), env, reliable=True)
     try:
         yield session
     finally:
