@@ -10,7 +10,9 @@ and decoder (tokens, pointer, box, up vector) train jointly; the decoder sees me
 (ground-truth depth with holes and noise) for half of the images and the encoder's own estimate
 for the rest, so one model serves RGB and RGB-D robots.
 A run stops at its time budget and saves a resumable checkpoint (safetensors + JSON), because one
-command on the lent GPU may run at most 10 minutes.
+command on the lent GPU may run at most 10 minutes. `--refresh-every-steps N` keeps replacing a
+`--refresh-fraction` of the scenes with fresh ones while training (the shipped model was trained
+without it; runs 1-2 over-fitted their 16,000 scenes, see its model card).
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 300
     save_optimizer: bool = False     # AdamW state (2x the weights) in the checkpoint folder
+    refresh_every_steps: int = 0     # replace part of the scenes with fresh ones this often (0 = never)
+    refresh_fraction: float = 0.05   # share of the scenes replaced per refresh
     workers: int = max(1, (os.cpu_count() or 2) - 2)
     render_batch: int = 64
     seed: int = 0
@@ -65,6 +69,10 @@ class TrainConfig:
 def _make_scene(seed: int):
     from ..sim.world import generate_scene
     return generate_scene(seed)
+
+
+def _make_scenes(seeds: list[int]) -> list:
+    return [_make_scene(s) for s in seeds]
 
 
 def _grid_setup(scene, enc_cfg: CompactEncoderConfig):
@@ -121,49 +129,100 @@ def build_tokenizer(n_scenes: int = 400) -> CompactTokenizer:
 
 
 class GpuDataset:
-    """Rendered images on the device plus per-scene question records."""
+    """Rendered images on the device plus per-scene question records.
+
+    With `refresh_every_steps`, a fraction of the scenes is replaced by fresh ones during training
+    (new seeds): scene and question generation run in worker processes while the GPU trains; only
+    the render itself (about 1.3 ms a scene on an H200) blocks. Slots being replaced are taken out
+    of `usable` until their new questions arrive, so images and questions never mismatch.
+    """
 
     def __init__(self, cfg: TrainConfig, enc_cfg: CompactEncoderConfig, dec_cfg: CompactVLMConfig,
                  tok_path: str, log) -> None:
-        from ..sim.questions import visible_objects
-        from ..sim.render import render
+        self.cfg, self.enc_cfg, self.dec_cfg, self.tok_path, self.log = cfg, enc_cfg, dec_cfg, tok_path, log
         dev = cfg.device
-        seeds = list(range(cfg.scene_seed_offset, cfg.scene_seed_offset + cfg.scenes))
-        t0 = time.time()
-        with ProcessPoolExecutor(cfg.workers) as pool:
-            scenes = list(pool.map(_make_scene, seeds, chunksize=64))
-        log(f"generated {len(scenes)} scenes in {time.time() - t0:.1f} s")
-        H, W = enc_cfg.in_height, enc_cfg.in_width
-        self.rgb = torch.empty((len(scenes), H, W, 3), dtype=torch.uint8, device=dev)
-        self.depth = torch.empty((len(scenes), H, W), dtype=torch.float16, device=dev)
-        self.K = torch.empty((len(scenes), 4), dtype=torch.float32, device=dev)
-        self.up = torch.empty((len(scenes), 3), dtype=torch.float32, device=dev)
-        cams, visible = [], []
-        t0 = time.time()
-        for start in range(0, len(scenes), cfg.render_batch):
-            chunk = scenes[start:start + cfg.render_batch]
-            setups = [_grid_setup(s, enc_cfg) for s in chunk]
-            out = render(chunk, device=dev, cameras=[c for c, _ in setups], valid_rects=[r for _, r in setups])
-            sl = slice(start, start + len(chunk))
-            self.rgb[sl] = out.rgb.to(dev)
-            self.depth[sl] = torch.nan_to_num(out.depth.to(dev), nan=0.0).clamp_max(60000).half()
-            for j, (s, (c, _)) in enumerate(zip(chunk, setups)):
-                cams.append(c)
-                self.K[start + j] = torch.tensor([c.fx, c.fy, c.cx, c.cy])
-                self.up[start + j] = torch.tensor(s.up, dtype=torch.float32)
-                visible.append(visible_objects(s, out.instance[j].cpu().numpy()))
-        log(f"rendered {len(scenes)} images in {time.time() - t0:.1f} s")
-        t0 = time.time()
-        jobs = [(s, c, v, tok_path, dec_cfg, cfg.questions_per_scene, cfg.seed * 7919 + seed)
-                for s, c, v, seed in zip(scenes, cams, visible, seeds)]
-        with ProcessPoolExecutor(cfg.workers) as pool:
-            self.questions = list(pool.map(_question_records, jobs, chunksize=32))
-        n_q = sum(len(q) for q in self.questions)
-        log(f"made {n_q} questions in {time.time() - t0:.1f} s")
-        self.usable = np.array([i for i, q in enumerate(self.questions) if q])
+        n, H, W = cfg.scenes, enc_cfg.in_height, enc_cfg.in_width
+        self.rgb = torch.empty((n, H, W, 3), dtype=torch.uint8, device=dev)
+        self.depth = torch.empty((n, H, W), dtype=torch.float16, device=dev)
+        self.K = torch.empty((n, 4), dtype=torch.float32, device=dev)
+        self.up = torch.empty((n, 3), dtype=torch.float32, device=dev)
+        self.questions: list[list] = [[] for _ in range(n)]
+        self.pool = ProcessPoolExecutor(cfg.workers)
         v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
                               torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
         self.u, self.v = u, v
+        self.next_seed = cfg.scene_seed_offset
+        self._pending: tuple | None = None       # (stage, slots, seeds, futures)
+        t0 = time.time()
+        slots = np.arange(n)
+        scenes = list(self.pool.map(_make_scene, self._take_seeds(n), chunksize=64))
+        log(f"generated {n} scenes in {time.time() - t0:.1f} s")
+        t0 = time.time()
+        jobs = self._render_into(slots, scenes)
+        log(f"rendered {n} images in {time.time() - t0:.1f} s")
+        t0 = time.time()
+        for slot, records in zip(slots, self.pool.map(_question_records, jobs, chunksize=32)):
+            self.questions[slot] = records
+        log(f"made {sum(len(q) for q in self.questions)} questions in {time.time() - t0:.1f} s")
+        self.usable = np.array([i for i, q in enumerate(self.questions) if q])
+
+    def _take_seeds(self, n: int) -> list[int]:
+        seeds = list(range(self.next_seed, self.next_seed + n))
+        self.next_seed += n
+        return seeds
+
+    def _render_into(self, slots: np.ndarray, scenes: list) -> list[tuple]:
+        """Render scenes into `slots`; returns the question jobs for them."""
+        from ..sim.questions import visible_objects
+        from ..sim.render import render
+        cfg, dev = self.cfg, self.cfg.device
+        jobs = []
+        for start in range(0, len(scenes), cfg.render_batch):
+            chunk = scenes[start:start + cfg.render_batch]
+            idx = torch.as_tensor(slots[start:start + len(chunk)], device=dev)
+            setups = [_grid_setup(sc, self.enc_cfg) for sc in chunk]
+            out = render(chunk, device=dev, cameras=[c for c, _ in setups], valid_rects=[r for _, r in setups])
+            self.rgb[idx] = out.rgb.to(dev)
+            self.depth[idx] = torch.nan_to_num(out.depth.to(dev), nan=0.0).clamp_max(60000).half()
+            self.K[idx] = torch.tensor([[c.fx, c.fy, c.cx, c.cy] for c, _ in setups], device=dev)
+            self.up[idx] = torch.tensor(np.stack([sc.up for sc in chunk]), dtype=torch.float32, device=dev)
+            for j, (sc, (c, _)) in enumerate(zip(chunk, setups)):
+                visible = visible_objects(sc, out.instance[j].cpu().numpy())
+                jobs.append((sc, c, visible, self.tok_path, self.dec_cfg, cfg.questions_per_scene,
+                             cfg.seed * 7919 + sc.seed))
+        return jobs
+
+    def refresh(self, rng: np.random.Generator) -> None:
+        """Advance the background replacement of scenes by one stage when its work is done."""
+        cfg = self.cfg
+        if self._pending is None:
+            n = max(1, int(cfg.refresh_fraction * cfg.scenes))
+            slots = rng.choice(cfg.scenes, size=n, replace=False)
+            seeds = self._take_seeds(n)
+            chunks = [seeds[i:i + 256] for i in range(0, n, 256)]
+            self._pending = ("scenes", slots, [self.pool.submit(_make_scenes, c) for c in chunks])
+            return
+        stage, slots, futures = self._pending
+        if not all(f.done() for f in futures):
+            return
+        if stage == "scenes":
+            scenes = [sc for f in futures for sc in f.result()]
+            self.usable = np.setdiff1d(self.usable, slots)     # images change now, questions later
+            jobs = self._render_into(slots, scenes)
+            self._pending = ("questions", slots, [self.pool.submit(_question_records, j) for j in jobs])
+        else:
+            for slot, f in zip(slots, futures):
+                self.questions[slot] = f.result()
+            self.usable = np.union1d(self.usable, [s for s in slots if self.questions[s]])
+            self._pending = None
+            self.log(f"refreshed {len(slots)} scenes (next seed {self.next_seed})")
+
+    @property
+    def refreshing(self) -> bool:
+        return self._pending is not None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def rays(self, idx: torch.Tensor) -> torch.Tensor:
         K = self.K[idx]
@@ -309,6 +368,9 @@ def train(cfg: TrainConfig) -> dict:
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
+        due = cfg.refresh_every_steps > 0 and (step - first_step) % cfg.refresh_every_steps == 0
+        if due or ds.refreshing:
+            ds.refresh(rng)
         batch = collate(ds, rng, cfg, dec_cfg, tok)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             loss, stats = step_losses(enc, dec, ds, batch, trng, dec_cfg)
@@ -325,7 +387,9 @@ def train(cfg: TrainConfig) -> dict:
             state["history"].append({"step": step, "lr": lr, **avg})
             log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.3f}" for k, v in avg.items()))
             agg, n_agg = {}, 0
+    ds.close()
     state["step"] = step
+    state["next_scene_seed"] = ds.next_seed  # a resumed run should start its fresh scenes here
     log(f"stopped at step {step} after {(time.time() - t_start) / 60:.1f} min")
     if cfg.save_optimizer:
         _save_optimizer(opt, out / "optimizer.safetensors")
