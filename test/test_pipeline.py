@@ -91,3 +91,9 @@ def test_closed_pipeline_refuses_politely(frame):
     p.close()
     res = p.query(CameraFrame(image=frame.rgb, camera=frame.camera), "Where is the red cabinet?")
     assert not res.success and "closed" in res.message
+
+
+def test_unknown_target_words_keep_the_callers_phrase_and_are_reported(pipe, frame):
+    res = pipe.query(CameraFrame(image=frame.rgb, camera=frame.camera), "Where is it?", targets=["zebra"])
+    assert [o.label for o in res.objects] == ["zebra"]
+    assert "does not know: zebra" in res.message

@@ -171,6 +171,7 @@ class CompactSpatialVLM:
         words: list[str] = []
         text: list[str] = []
         forced: list[int] = []
+        forced_names: list[str] = []   # caller's phrases, used verbatim as labels of forced objects
         banned = {tok.pad_id, tok.bos_id, tok.sep_id, tok.unk_id}
         kind_ids = set(tok.kind_ids.values())
         h = dec.step(state, torch.tensor([[tok.sep_id]], device=self.device), 0, None)
@@ -196,11 +197,18 @@ class CompactSpatialVLM:
             if parsed.kind is None:
                 parsed.kind = tok.id_to_kind.get(nxt)
                 forced = self._forced_tokens(parsed.kind, forced_labels)
+                if parsed.kind not in SET_KINDS:
+                    forced_names = [str(t) for t in forced_labels]
+                unknown = sorted({w for t in forced_labels for w in t.lower().split()
+                                  if tok.unknown_fraction(w) > 0})
+                if unknown:
+                    parsed.problems.append(f"words the built-in model does not know: {', '.join(unknown)}")
             elif nxt == tok.set_id:
                 parsed.class_phrase = " ".join(words)
                 words = []
             elif nxt == tok.obj_id:
-                obj, region = ctx.ground(h, " ".join(words), len(objects))
+                name = forced_names.pop(0) if forced_names else " ".join(words)
+                obj, region = ctx.ground(h, name, len(objects))
                 objects.append(obj)
                 parsed.labels.append(obj.label)
                 words = []
