@@ -299,10 +299,16 @@ def _predicate(c: _Ctx) -> Answer:
         f"{label}: A {va:+.3f} m, B {vb:+.3f} m",
         f"A {rel} B needs {'A > B' if asked == more else 'A < B'}: margin {margin:+.3f} m -> "
         f"{'yes' if yes else 'no'}"]
+    return _yes_no(c, rel, margin, lines)
+
+
+def _yes_no(c: _Ctx, relation: str, margin: float, lines: list[str]) -> Answer:
+    """'Yes, A is <relation> B (by m).' when margin > 0, else 'No, A is not <relation> B.'"""
+    yes = margin > 0
     if yes:
-        text = f"Yes, {c.name(0)} is {rel} {c.name(1)} (by {format_metres(margin)})."
+        text = f"Yes, {c.name(0)} is {relation} {c.name(1)} (by {format_metres(margin)})."
     else:
-        text = f"No, {c.name(0)} is not {rel} {c.name(1)}."
+        text = f"No, {c.name(0)} is not {relation} {c.name(1)}."
     return c.answer(text, lines, yes, "", [0, 1])
 
 
@@ -317,11 +323,7 @@ def _taller(c: _Ctx) -> Answer:
         f"up = {_vec(c.level.up)}; heights of the gravity-aligned boxes: A {ha:.3f} m, B {hb:.3f} m",
         f"A {word} than B needs {'h_A > h_B' if taller else 'h_A < h_B'}: margin {margin:+.3f} m -> "
         f"{'yes' if yes else 'no'}"]
-    if yes:
-        text = f"Yes, {c.name(0)} is {word} than {c.name(1)} (by {format_metres(margin)})."
-    else:
-        text = f"No, {c.name(0)} is not {word} than {c.name(1)}."
-    return c.answer(text, lines, yes, "", [0, 1])
+    return _yes_no(c, f"{word} than", margin, lines)
 
 
 def _clock_answer(c: _Ctx) -> Answer:
