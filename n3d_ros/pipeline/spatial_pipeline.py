@@ -64,6 +64,9 @@ def load_backend(cfg: PipelineConfig) -> SpatialVLM:
                                  precision="fp32" if device == "cpu" else cfg.precision,
                                  engine_cache_dir=cfg.engine_cache_dir)
     dtype = "fp32" if device == "cpu" else cfg.precision
+    from ..vlm.hf_loading import validate_checkpoint_dir
+    # Check the folder before loading anything else, so a wrong path fails in milliseconds.
+    validate_checkpoint_dir(cfg.model_dir, expect_model_type="qwen2_5_vl" if cfg.backend == "n3d_vlm" else "qwen3_vl")
     if cfg.backend == "n3d_vlm":
         from ..vlm.n3d_vlm import N3DVLM, N3DVLMConfig
         return N3DVLM(cfg.model_dir, geometry_encoder=_n3d_geometry(cfg, device),
