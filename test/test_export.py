@@ -6,9 +6,8 @@ import pytest
 
 from n3d_ros.core.box import Box3D
 from n3d_ros.core.camera import CameraModel
-from n3d_ros.core.export import (PALETTE, draw_boxes, draw_boxes_png, export_rerun,
-                                 rotation_to_quaternion)
-from n3d_ros.core.frames import Frame, axis_rotation, rotation_from_euler_xyz
+from n3d_ros.core.export import PALETTE, draw_boxes, draw_boxes_png, export_rerun
+from n3d_ros.core.frames import Frame, axis_rotation, rotation_from_euler_xyz, rotation_to_quaternion
 from n3d_ros.core.objects import GroundedObject
 
 CAM = CameraModel.from_intrinsics(500.0, 500.0, 319.5, 239.5, 640, 480)

@@ -9,7 +9,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from n3d_ros.core.box import BOX_EDGES, Box3D
-from n3d_ros.core.frames import rotation_from_euler_xyz
+from n3d_ros.core.frames import quaternion_to_rotation, rotation_from_euler_xyz, rotation_to_quaternion
 from n3d_ros.core.objects import GroundedObject
 from n3d_ros.ros import conversions as C
 from n3d_ros.ros.diagnostics import NodeHealth, health_to_array, level_and_message
@@ -141,16 +141,16 @@ def test_stamp_roundtrip(ns):
 @settings(max_examples=150, deadline=None)
 def test_quaternion_roundtrip(roll, pitch, yaw):
     R = rotation_from_euler_xyz(roll, pitch, yaw)
-    q = C.rotation_to_quaternion(R)
+    q = rotation_to_quaternion(R)
     assert q[3] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-9
-    np.testing.assert_allclose(C.quaternion_to_rotation(*q), R, atol=1e-9)
+    np.testing.assert_allclose(quaternion_to_rotation(*q), R, atol=1e-9)
 
 
 def test_quaternion_of_180_degree_turns():
     for R in (np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1])):
-        np.testing.assert_allclose(C.quaternion_to_rotation(*C.rotation_to_quaternion(R)), R, atol=1e-12)
+        np.testing.assert_allclose(quaternion_to_rotation(*rotation_to_quaternion(R)), R, atol=1e-12)
     with pytest.raises(ValueError):
-        C.quaternion_to_rotation(0, 0, 0, 0)
+        quaternion_to_rotation(0, 0, 0, 0)
 
 
 def _obj(i=0, box_2d=(1.0, 2.0, 3.0, 4.0)):
@@ -164,7 +164,7 @@ def test_object_to_msg():
     assert (msg.id, msg.label) == ("bbox_0", "mug0") and msg.score == pytest.approx(0.9)
     assert (msg.pose.position.z, msg.size.x, msg.size.y, msg.size.z) == pytest.approx((2.0, 0.3, 0.4, 0.5))
     q = msg.pose.orientation
-    np.testing.assert_allclose(C.quaternion_to_rotation(q.x, q.y, q.z, q.w), obj.box.rotation, atol=1e-6)
+    np.testing.assert_allclose(quaternion_to_rotation(q.x, q.y, q.z, q.w), obj.box.rotation, atol=1e-6)
     assert list(msg.box_2d) == [1.0, 2.0, 3.0, 4.0]
     assert list(C.object_to_msg(_obj(box_2d=None)).box_2d) == [-1.0] * 4
     arr = C.objects_to_array([_obj(0), _obj(1)], Header(frame_id="cam"))

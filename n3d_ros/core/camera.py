@@ -264,3 +264,14 @@ class CameraModel:
         uv = np.asarray(uv)
         return ((uv[..., 0] >= -0.5) & (uv[..., 0] <= self.width - 0.5)
                 & (uv[..., 1] >= -0.5) & (uv[..., 1] <= self.height - 0.5))
+
+
+def check_image(image: np.ndarray, camera: CameraModel, *, name: str = "image") -> np.ndarray:
+    """The image as an array; ValueError unless it is (H, W, 3) uint8 RGB of the camera's size."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"{name} must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    if img.shape[:2] != (camera.height, camera.width):
+        raise ValueError(f"{name} is {img.shape[1]}x{img.shape[0]} but the camera is "
+                         f"{camera.width}x{camera.height}")
+    return img

@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from .box import BOX_EDGES, Box3D
-from .camera import CameraModel
-from .frames import Frame
+from .camera import CameraModel, check_image
+from .frames import Frame, rotation_to_quaternion
 from .objects import GroundedObject
 
 _EDGES = np.array(BOX_EDGES, dtype=np.intp)  # (12, 2)
@@ -31,36 +31,6 @@ _DISTORTED_EDGE_STEPS = 12  # sub-segments per edge when the lens bends straight
 def object_color(index: int) -> np.ndarray:
     """(3,) uint8 RGB colour of the index-th object."""
     return PALETTE[index % len(PALETTE)]
-
-
-def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """(3,3) rotation -> (4,) unit quaternion (x, y, z, w), w >= 0 (Shepperd's method)."""
-    R = np.asarray(R, dtype=np.float64)
-    tr = float(np.trace(R))
-    if tr > 0:
-        s = 2.0 * np.sqrt(tr + 1.0)
-        q = np.array([(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4])
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(1.0 + R[i, i] - R[j, j] - R[k, k])
-        q = np.empty(4)
-        q[i] = s / 4
-        q[j] = (R[j, i] + R[i, j]) / s
-        q[k] = (R[k, i] + R[i, k]) / s
-        q[3] = (R[k, j] - R[j, k]) / s
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
-
-
-def _check_image(image: np.ndarray, camera: CameraModel) -> np.ndarray:
-    img = np.asarray(image)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
-    if img.shape[:2] != (camera.height, camera.width):
-        raise ValueError(f"image is {img.shape[1]}x{img.shape[0]} but the camera is "
-                         f"{camera.width}x{camera.height}")
-    return img
 
 
 def _optical_boxes(objects: Sequence[GroundedObject]) -> list[Box3D]:
@@ -154,7 +124,7 @@ def draw_boxes(image: np.ndarray, camera: CameraModel, objects: Sequence[Grounde
     `camera` describes `image`; boxes in any frame (converted to optical). No text (see
     `draw_boxes_png`), so it stays cheap enough for a per-frame debug image.
     """
-    img = _check_image(image, camera)
+    img = check_image(image, camera)
     if int(thickness) < 1:
         raise ValueError(f"thickness must be >= 1 pixel, got {thickness}")
     canvas = img.copy()
@@ -244,7 +214,7 @@ def export_rerun(path: str | Path, image: np.ndarray, camera: CameraModel,
         import rerun as rr
     except ImportError as exc:
         raise ImportError("export_rerun needs the Rerun SDK: pip install rerun-sdk") from exc
-    img = _check_image(image, camera)
+    img = check_image(image, camera)
     boxes = _optical_boxes(objects)
     pts_xyz = pts_rgb = None
     if points is not None:

@@ -104,3 +104,37 @@ def gravity_rotation(up: np.ndarray, frame: Frame | str = Frame.OPTICAL) -> np.n
         return 2 * np.outer(axis, axis) - np.eye(3)
     vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
     return np.eye(3) + vx + vx @ vx / (1 + c)
+
+
+def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """(3,3) rotation -> (4,) unit quaternion (x, y, z, w) with w >= 0 (Shepperd's method)."""
+    R = np.asarray(R, dtype=np.float64).reshape(3, 3)
+    tr = float(np.trace(R))
+    if tr > 0:
+        s = 2.0 * np.sqrt(tr + 1.0)
+        q = np.array([(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4])
+    else:  # divide by the largest diagonal candidate for numerical stability
+        i = int(np.argmax(np.diag(R)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + R[i, i] - R[j, j] - R[k, k])
+        q = np.empty(4)
+        q[i] = s / 4
+        q[j] = (R[j, i] + R[i, j]) / s
+        q[k] = (R[k, i] + R[i, k]) / s
+        q[3] = (R[k, j] - R[j, k]) / s
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def quaternion_to_rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """(x, y, z, w) quaternion (normalised here) -> (3,3) rotation."""
+    q = np.array([x, y, z, w], dtype=np.float64)
+    n = np.linalg.norm(q)
+    if not np.isfinite(n) or n < 1e-12:
+        raise ValueError(f"quaternion must be finite and non-zero, got {q.tolist()}")
+    x, y, z, w = q / n
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])

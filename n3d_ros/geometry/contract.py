@@ -13,7 +13,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..core.camera import CameraModel
+from ..core.camera import CameraModel, check_image
 from ..core.focal import PixelTransform
 
 LOG = logging.getLogger("n3d_ros.geometry")
@@ -96,14 +96,3 @@ def check_batch(images: Sequence[np.ndarray], cameras: Sequence[CameraModel]) ->
         raise ValueError(f"got {len(images)} images but {len(cameras)} cameras")
     for i, (img, cam) in enumerate(zip(images, cameras)):
         check_image(img, cam, name=f"image {i}")
-
-
-def check_image(image: np.ndarray, camera: CameraModel, *, name: str = "image") -> np.ndarray:
-    """The image as an array; ValueError unless it is (H, W, 3) uint8 RGB of the camera's size."""
-    img = np.asarray(image)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"{name} must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
-    if img.shape[:2] != (camera.height, camera.width):
-        raise ValueError(f"{name} is {img.shape[1]}x{img.shape[0]} but the camera is "
-                         f"{camera.width}x{camera.height}")
-    return img

@@ -13,9 +13,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from ..core.camera import CameraModel
+from ..core.camera import CameraModel, check_image
 from ..core.focal import PixelTransform, normalize_focal
-from .contract import check_image
 
 
 class GridConfig(Protocol):

@@ -5,7 +5,6 @@ counts the message as rejected and skips it.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ from std_msgs.msg import Header
 from n3d_ros.msg import Object3D, Object3DArray
 
 from ..core.camera import CameraModel
+from ..core.frames import rotation_to_quaternion
 from ..core.objects import GroundedObject
 
 # encoding -> (channels, index order that gives RGB); None = grey replicated to RGB
@@ -155,44 +155,6 @@ def size_mismatch(image: Image, camera: CameraModel) -> str | None:
 
 
 # ------------------------------------------------------------------ rotations
-def rotation_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
-    """(3,3) rotation -> (x, y, z, w) unit quaternion with w >= 0."""
-    m = np.asarray(R, dtype=np.float64).reshape(3, 3)
-    tr = m[0, 0] + m[1, 1] + m[2, 2]
-    # Shepperd: divide by the largest of the four candidates for numerical stability.
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        w, x, y, z = 0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
-        w, x, y, z = (m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s
-    elif m[1, 1] > m[2, 2]:
-        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
-        w, x, y, z = (m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s
-    else:
-        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
-        w, x, y, z = (m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s
-    q = np.array([x, y, z, w])
-    q /= np.linalg.norm(q)
-    if q[3] < 0:
-        q = -q
-    return float(q[0]), float(q[1]), float(q[2]), float(q[3])
-
-
-def quaternion_to_rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """(x, y, z, w) quaternion (normalised here) -> (3,3) rotation."""
-    q = np.array([x, y, z, w], dtype=np.float64)
-    n = np.linalg.norm(q)
-    if not np.isfinite(n) or n < 1e-12:
-        raise ValueError(f"quaternion must be finite and non-zero, got {q.tolist()}")
-    x, y, z, w = q / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
 # ------------------------------------------------------------------ objects
 def object_to_msg(obj: GroundedObject) -> Object3D:
     """GroundedObject -> Object3D: pose = box centre + orientation (box axes in the header frame),

@@ -18,7 +18,8 @@ from rclpy.node import Node
 
 from n3d_ros.srv import SpatialQuery
 
-from .conversions import quaternion_to_rotation, stamp_to_ns
+from ..core.frames import quaternion_to_rotation
+from .conversions import stamp_to_ns
 
 EXIT_OK, EXIT_FAILED, EXIT_NO_SERVICE = 0, 1, 2
 SERVICE_WAIT_SEC = 5.0

@@ -11,7 +11,8 @@ from typing import Sequence
 import numpy as np
 
 from ..core.objects import GroundedObject
-from .conversions import ns_to_stamp, quaternion_to_rotation
+from ..core.frames import quaternion_to_rotation
+from .conversions import ns_to_stamp
 
 try:  # guarded: absent from the pip-wheel installation
     import tf2_ros

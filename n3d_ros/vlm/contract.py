@@ -11,10 +11,9 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..core.camera import CameraModel
+from ..core.camera import CameraModel, check_image
 from ..core.objects import GroundedObject
 from ..core.questions import QuerySpec
-from ..geometry.contract import check_image
 
 
 @dataclass(frozen=True)
