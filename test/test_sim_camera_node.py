@@ -21,6 +21,7 @@ from n3d_ros.core.box import Box3D  # noqa: E402
 from n3d_ros.core.camera import CameraModel  # noqa: E402
 from n3d_ros.core.objects import GroundedObject  # noqa: E402
 from n3d_ros.msg import Object3DArray  # noqa: E402
+from n3d_ros.ros import conversions as C  # noqa: E402
 from n3d_ros.ros import sim_camera_node as S  # noqa: E402
 from n3d_ros.ros.conversions import camera_info_to_model, depth_to_metres, image_to_rgb  # noqa: E402
 
@@ -40,23 +41,23 @@ def fake_frame(seed: int) -> S.SimFrame:
 # ---------------------------------------------------------------------------------- pure parts
 def test_camera_info_round_trip():
     cam = CameraModel(W, H, CAM.K, D=[0.1, -0.02, 0.001, 0.002, 0.0], distortion_model="plumb_bob")
-    info = S.camera_to_camera_info(cam, Header(frame_id="f"))
+    info = C.camera_to_camera_info(cam, Header(frame_id="f"))
     back = camera_info_to_model(info)
     np.testing.assert_allclose(back.K, cam.K)
     np.testing.assert_allclose(back.D, cam.D)
     assert (back.width, back.height, info.header.frame_id) == (W, H, "f")
     assert list(info.p) == [20.0, 0.0, 7.5, 0.0, 0.0, 21.0, 5.5, 0.0, 0.0, 0.0, 1.0, 0.0]
-    plain = S.camera_to_camera_info(CAM, Header())
+    plain = C.camera_to_camera_info(CAM, Header())
     assert plain.distortion_model == "plumb_bob" and list(plain.d) == [0.0] * 5
 
 
 def test_depth_image_round_trip():
     frame = fake_frame(3)
-    msg = S.depth_to_image(frame.depth, Header())
+    msg = C.depth_to_image(frame.depth, Header())
     assert (msg.encoding, msg.step, msg.is_bigendian) == ("32FC1", W * 4, 0)
     np.testing.assert_array_equal(depth_to_metres(msg), frame.depth)  # NaN stays NaN
     with pytest.raises(ValueError, match=r"\(H, W\)"):
-        S.depth_to_image(np.zeros((2, 2, 1)), Header())
+        C.depth_to_image(np.zeros((2, 2, 1)), Header())
 
 
 def test_frame_messages_share_frame_and_stamp():

@@ -110,6 +110,18 @@ def depth_to_metres(msg: Image) -> np.ndarray:
     return depth
 
 
+def depth_to_image(depth: np.ndarray, header: Header) -> Image:
+    """(H, W) float32 metres -> 32FC1 Image (little endian; NaN kept = no measurement, REP 118)."""
+    arr = np.asarray(depth)
+    if arr.ndim != 2:
+        raise ValueError(f"expected (H, W) depth in metres, got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype="<f4")
+    h, w = arr.shape
+    msg = Image(header=header, height=h, width=w, encoding="32FC1", is_bigendian=0, step=w * 4)
+    msg.data = arr.tobytes()
+    return msg
+
+
 def rgb_to_image(rgb: np.ndarray, header: Header | None = None) -> Image:
     """(H, W, 3) uint8 RGB -> rgb8 Image (for debug_image)."""
     arr = np.asarray(rgb)
@@ -144,6 +156,21 @@ def camera_info_to_model(msg: CameraInfo) -> CameraModel:
         binning_x=int(msg.binning_x), binning_y=int(msg.binning_y),
         roi=(int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height)),
         frame_id=msg.header.frame_id)
+
+
+def camera_to_camera_info(camera: CameraModel, header: Header) -> CameraInfo:
+    """CameraModel -> CameraInfo of the delivered image (no binning, no ROI; P from K if absent)."""
+    msg = CameraInfo(header=header, width=camera.width, height=camera.height)
+    msg.distortion_model = "plumb_bob" if camera.distortion_model == "none" else camera.distortion_model
+    n_d = 8 if msg.distortion_model == "rational_polynomial" else 5
+    d = np.zeros(n_d)
+    d[: min(n_d, camera.D.size)] = camera.D[:n_d]
+    msg.d = [float(v) for v in d]
+    msg.k = [float(v) for v in camera.K.reshape(-1)]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    P = camera.P if camera.P is not None else np.hstack([camera.K, np.zeros((3, 1))])
+    msg.p = [float(v) for v in P.reshape(-1)]
+    return msg
 
 
 def size_mismatch(image: Image, camera: CameraModel) -> str | None:

@@ -29,7 +29,7 @@ from n3d_ros.msg import Object3DArray
 
 from ..core.camera import CameraModel
 from ..core.objects import GroundedObject
-from .conversions import objects_to_array, rgb_to_image
+from .conversions import camera_to_camera_info, depth_to_image, objects_to_array, rgb_to_image
 from .qos import output_qos, sensor_qos
 
 DEFAULT_FRAME_ID = "sim_camera_optical_frame"
@@ -97,33 +97,6 @@ def _as_detected(obj: GroundedObject, camera: CameraModel) -> GroundedObject:
 
 
 # ---------------------------------------------------------------------------------- messages
-def camera_to_camera_info(camera: CameraModel, header: Header) -> CameraInfo:
-    """CameraModel -> CameraInfo of the delivered image (no binning, no ROI; P from K if absent)."""
-    msg = CameraInfo(header=header, width=camera.width, height=camera.height)
-    msg.distortion_model = "plumb_bob" if camera.distortion_model == "none" else camera.distortion_model
-    n_d = 8 if msg.distortion_model == "rational_polynomial" else 5
-    d = np.zeros(n_d)
-    d[: min(n_d, camera.D.size)] = camera.D[:n_d]
-    msg.d = [float(v) for v in d]
-    msg.k = [float(v) for v in camera.K.reshape(-1)]
-    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    P = camera.P if camera.P is not None else np.hstack([camera.K, np.zeros((3, 1))])
-    msg.p = [float(v) for v in P.reshape(-1)]
-    return msg
-
-
-def depth_to_image(depth: np.ndarray, header: Header) -> Image:
-    """(H, W) float32 metres -> 32FC1 Image (little endian; NaN kept = no measurement, REP 118)."""
-    arr = np.asarray(depth)
-    if arr.ndim != 2:
-        raise ValueError(f"expected (H, W) depth in metres, got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype="<f4")
-    h, w = arr.shape
-    msg = Image(header=header, height=h, width=w, encoding="32FC1", is_bigendian=0, step=w * 4)
-    msg.data = arr.tobytes()
-    return msg
-
-
 @dataclass
 class FrameMessages:
     """The prepared messages of one frame (restamped and republished every tick)."""
