@@ -101,3 +101,111 @@ def test_padding_in_question_does_not_change_outputs():
         b = dec.forward_train(feats, pts, valid, torch.tensor([0]), torch.tensor([[5, 6, 0, 0]]),
                               torch.tensor([[False, False, True, True]]), out_in, none)["hidden"]
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ dense grounding head
+KINDS = ("table", "chair", "mug", "shelf", "box")
+COLOURS = ("red", "blue", "white")
+
+
+@pytest.mark.parametrize("phrase, expected", [
+    ("red mug", (2, 0)), ("the Blue chairs", (1, 1)), ("shelves", (3, None)), ("boxes", (4, None)),
+    ("white", (None, 2)), ("zebra", (None, None)), ("red mug.", (2, 0)),
+])
+def test_phrase_class_reads_kind_and_colour(phrase, expected):
+    from n3d_ros.vlm.compact_targets import phrase_class
+    assert phrase_class(phrase, KINDS, COLOURS) == expected
+
+
+def test_heat_target_peaks_at_centre_patch_and_decays():
+    from n3d_ros.vlm.compact_targets import dense_target, heat_target
+    up = np.array([0.0, -1.0, 0.0])
+    box = Box3D([0.0, 0.0, 3.0], [0.3, 0.3, 0.3])             # projects to the image centre
+    t = dense_target(box, 2, 0, CAM, up, grid_w=20, grid_h=15, patch=16)
+    heat = heat_target([t], 15, 20, len(KINDS))
+    assert heat.shape == (300, len(KINDS))
+    assert heat[t.target.patch, 2] == 1.0 and heat[:, 2].argmax() == t.target.patch
+    assert np.all(heat[:, [0, 1, 3, 4]] == 0)                  # other kinds' maps stay empty
+    row, col = divmod(t.target.patch, 20)
+    assert 0 < heat[row * 20 + col + 2, 2] < heat[row * 20 + col + 1, 2] < 1.0
+
+
+def test_set_kind_without_listed_objects_stops_at_set():
+    tok = _tok()
+    ids = output_tokens(tok, QuerySpec(QuestionKind.COUNT, ("chair",)), [])
+    assert tok.decode_words(ids) == "<k:count> chair <set> <eos>"
+
+
+def test_dense_head_shapes_and_old_configs_have_none():
+    cfg = CompactVLMConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=4, feature_dim=8, grid_h=3, grid_w=4,
+                           kinds=KINDS, colours=COLOURS)
+    dec = CompactSpatialDecoder(cfg).eval()
+    geo = torch.randn(2, 12, 6 * cfg.geo_freqs + 1)
+    heat, colour, box = dec.dense(torch.randn(2, 12, 32), geo)
+    assert heat.shape == (2, 12, 5) and colour.shape == (2, 12, 5, 3) and box.shape == (2, 12, 5, 8)
+    assert torch.all(box[..., :2].abs() <= 1)
+    torch.testing.assert_close(box[..., 6:8].norm(dim=-1), torch.ones(2, 12, 5))
+    assert torch.sigmoid(heat).mean() < 0.05                   # starts at the rare-centre prior
+    assert CompactVLMConfig.from_dict(cfg.to_dict() | {"kinds": list(KINDS)}) == cfg   # JSON lists
+    assert not hasattr(CompactSpatialDecoder(CompactVLMConfig(vocab_size=40)), "dense_head")
+
+
+def _grounder_with_heat(heat_np, colour_idx, threshold=0.3):
+    """A _Grounder over a tiny decoder whose dense head returns `heat_np` (N, K) probabilities and
+    colour `colour_idx` (N, K) (a test double for the trained network's output)."""
+    from types import SimpleNamespace
+    from n3d_ros.vlm.compact_backend import _Encoded, _Grounder
+    from n3d_ros.vlm.contract import SceneInput
+    cfg = CompactVLMConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=4, feature_dim=8, grid_h=3, grid_w=4,
+                           kinds=KINDS, colours=COLOURS)
+    dec = CompactSpatialDecoder(cfg).eval()
+    N, K, C = 12, len(KINDS), len(COLOURS)
+    heat = torch.logit(torch.as_tensor(heat_np, dtype=torch.float32).clamp(1e-4, 1 - 1e-4))[None]
+    colour = torch.full((1, N, K, C), -5.0)
+    colour.scatter_(-1, torch.as_tensor(colour_idx)[None, ..., None], 5.0)
+    box = torch.zeros(1, N, K, 8)
+    box[..., 3:6] = np.log(0.3)
+    box[..., 7] = 1.0
+    dec.dense = lambda image_out, geo: (heat, colour, box)
+    cam = CameraModel.from_intrinsics(16.0, 16.0, 31.5, 23.5, 64, 48)
+    pts = torch.ones(1, 3, 48, 64) * torch.tensor([0.0, 0.0, 2.0]).view(1, 3, 1, 1)
+    valid = torch.ones(1, 1, 48, 64, dtype=torch.bool)
+    state, patch_pts = dec.prefill(torch.randn(1, 8, 3, 4), pts, valid, torch.tensor([[5, 6]]))
+    enc = _Encoded(features=None, points=pts, valid=valid, camera=cam, source="test")
+    vlm = SimpleNamespace(dec_cfg=cfg, decoder=dec, detection_threshold=threshold, phrase_grounding="dense")
+    scene = SceneInput(np.zeros((48, 64, 3), np.uint8), cam)
+    return _Grounder(vlm, state, patch_pts, enc, scene)
+
+
+def test_dense_detections_are_thresholded_peaks_filtered_by_phrase():
+    heat = np.zeros((12, len(KINDS)))
+    colour = np.zeros((12, len(KINDS)), np.int64)
+    heat[5, 1], colour[5, 1] = 0.9, 1        # blue chair at row 1, col 1
+    heat[6, 1] = 0.5                         # its neighbour: not a peak
+    heat[11, 1], colour[11, 1] = 0.6, 0      # red chair, bottom right
+    heat[0, 2], colour[0, 2] = 0.8, 2        # white mug, top left
+    heat[3, 4] = 0.2                         # below the threshold
+    g = _grounder_with_heat(heat, colour)
+    labels = [o.label for o in g.detections()]
+    assert labels == ["white mug", "blue chair", "red chair"]           # left to right
+    assert [o.label for o in g.detections("chairs")] == ["blue chair", "red chair"]
+    assert [o.label for o in g.detections("red chair")] == ["red chair"]
+    assert g.detections("table") == []
+    assert [o.id for o in g.detections()] == ["bbox_0", "bbox_1", "bbox_2"]
+
+
+def test_dense_grounding_picks_the_phrase_peak_not_the_strongest_object():
+    heat = np.zeros((12, len(KINDS)))
+    colour = np.zeros((12, len(KINDS)), np.int64)
+    heat[5, 1], colour[5, 1] = 0.9, 1        # blue chair
+    heat[10, 1], colour[10, 1] = 0.7, 0      # red chair
+    g = _grounder_with_heat(heat, colour)
+    obj, region = g.ground(torch.zeros(1, 32), "red chair", 0)
+    assert obj.label == "red chair" and region.shape == (1, 1, 32)
+    row, col = divmod(10, 4)
+    u, v = g.enc.camera.project(obj.box.center[None])[0]
+    assert (int(u // 16), int(v // 16)) == (col, row)
+    np.testing.assert_allclose(obj.box.size, 0.3, rtol=1e-6)
+    obj, _ = g.ground(torch.zeros(1, 32), "chair", 1)
+    u, v = g.enc.camera.project(obj.box.center[None])[0]
+    assert (int(u // 16), int(v // 16)) == (1, 1)                        # the strongest chair

@@ -50,3 +50,30 @@ def test_prepare_input_rejects_wrong_image():
         prepare_input(np.zeros((150, 200, 3), np.float32), cam, CFG)
     with pytest.raises(ValueError, match="camera is 200x150"):
         prepare_input(np.zeros((100, 200, 3), np.uint8), cam, CFG)
+
+
+def test_grid_rays_are_cached_read_only_and_match_the_camera():
+    from n3d_ros.geometry.preprocess import grid_rays
+    def distorted():
+        K = np.array([[240.0, 0, 159.5], [0, 240.0, 119.5], [0, 0, 1]])
+        return CameraModel(width=320, height=240, K=K, D=np.array([0.1, -0.05, 0, 0, 0]),
+                           distortion_model="plumb_bob")
+    cam = distorted()
+    a = grid_rays(cam)
+    assert grid_rays(distorted()) is a                         # the same camera as a new object: cached
+    assert not a.flags.writeable
+    np.testing.assert_allclose(a, cam.ray_directions()[..., :2].transpose(2, 0, 1), atol=1e-6)
+    assert grid_rays(CameraModel.from_intrinsics(250.0, 240.0, 159.5, 119.5, 320, 240)) is not a
+
+
+def test_grid_depth_to_points_equals_the_camera_unprojection():
+    from n3d_ros.geometry.preprocess import grid_depth_to_points
+    cam = CameraModel.from_intrinsics(200.0, 210.0, 40.0, 30.0, 80, 60)
+    depth = np.random.default_rng(0).uniform(0.5, 4.0, (60, 80)).astype(np.float32)
+    depth[5, 7] = 0.0
+    depth[9, 9] = np.nan
+    pts, mask = grid_depth_to_points(depth, cam)
+    ref, ref_mask = cam.depth_to_points(depth)
+    np.testing.assert_array_equal(mask, ref_mask)
+    np.testing.assert_allclose(pts[mask], ref[mask], rtol=1e-5)
+    assert pts.dtype == np.float32 and np.isnan(pts[5, 7]).all() and np.isnan(pts[9, 9]).all()

@@ -67,3 +67,28 @@ def test_train_config_rejects_unknown_flags():
     from n3d_ros.tools.train_compact import main
     with pytest.raises(SystemExit):
         main(["--no-such-flag", "1"])
+
+
+def test_training_seeds_never_reach_the_benchmark_seeds(tmp_path):
+    from n3d_ros.geometry.compact_encoder import CompactEncoderConfig
+    from n3d_ros.tools.eval_spatial import HELD_OUT_FIRST_SEED
+    from n3d_ros.tools.train_compact import build_tokenizer
+    from n3d_ros.vlm.compact_model import CompactVLMConfig
+    tok = build_tokenizer(n_scenes=5)
+    tok.save(tmp_path / "tok.json")
+    cfg = TrainConfig(device="cpu", scenes=2, workers=1, scene_seed_offset=HELD_OUT_FIRST_SEED - 1)
+    with pytest.raises(RuntimeError, match="held-out"):
+        GpuDataset(cfg, CompactEncoderConfig(), CompactVLMConfig(vocab_size=tok.vocab_size),
+                   str(tmp_path / "tok.json"), _log)
+
+
+def test_visibility_threshold_follows_the_benchmark_rule():
+    from n3d_ros.core.camera import CameraModel
+    from n3d_ros.tools.train_compact import visibility_threshold
+    from types import SimpleNamespace
+    src = CameraModel.from_intrinsics(960.0, 960.0, 639.5, 359.5, 1280, 720)
+    grid = CameraModel.from_intrinsics(240.0, 240.0, 159.5, 119.5, 320, 240)
+    # 40 px at 640 wide = 160 px at 1280 wide; the grid has 1/16 of the 1280-wide image's pixels -> 10
+    assert visibility_threshold(SimpleNamespace(camera=src), grid) == pytest.approx(10.0)
+    small = CameraModel.from_intrinsics(240.0, 240.0, 159.5, 119.5, 320, 240)
+    assert visibility_threshold(SimpleNamespace(camera=small), grid) == pytest.approx(40.0)

@@ -8,6 +8,7 @@ network, so it always knows the true field of view.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -69,10 +70,38 @@ def prepare_input(image: np.ndarray, camera: CameraModel, cfg: GridConfig) -> Mo
     return ModelInput(image=chw, rays=grid_rays(grid_cam), transform=transform, camera=grid_cam)
 
 
+_RAY_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_RAY_CACHE_SIZE = 8
+
+
 def grid_rays(camera: CameraModel) -> np.ndarray:
-    """(2, h, w) float32 (x/z, y/z) per pixel of `camera` (valid everywhere, padding included)."""
-    rays = camera.ray_directions()[..., :2]
-    return np.ascontiguousarray(rays.transpose(2, 0, 1), dtype=np.float32)
+    """(2, h, w) float32 (x/z, y/z) per pixel of `camera` (valid everywhere, padding included).
+
+    Read-only and cached per camera: a stream keeps one camera, and undistorting every pixel's ray
+    again for each frame cost more than the rest of the preprocessing."""
+    key = (camera.width, camera.height, camera.distortion_model, camera.K.tobytes(),
+           np.asarray(camera.D, dtype=np.float64).tobytes())
+    rays = _RAY_CACHE.get(key)
+    if rays is None:
+        rays = np.ascontiguousarray(camera.ray_directions()[..., :2].transpose(2, 0, 1), dtype=np.float32)
+        rays.flags.writeable = False
+        _RAY_CACHE[key] = rays
+        if len(_RAY_CACHE) > _RAY_CACHE_SIZE:
+            _RAY_CACHE.popitem(last=False)
+    else:
+        _RAY_CACHE.move_to_end(key)
+    return rays
+
+
+def grid_depth_to_points(depth: np.ndarray, camera: CameraModel, *, min_depth: float = 1e-3
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(h, w) z-depth on the model grid -> ((h, w, 3) float32 points, NaN where invalid; (h, w) mask),
+    with the cached rays of `camera`."""
+    depth = np.asarray(depth, dtype=np.float32)
+    mask = np.isfinite(depth) & (depth > min_depth)
+    z = np.where(mask, depth, np.nan)
+    rays = grid_rays(camera)
+    return np.stack([rays[0] * z, rays[1] * z, z], axis=-1), mask
 
 
 def stack_inputs(items: Sequence[ModelInput]) -> tuple[np.ndarray, np.ndarray]:

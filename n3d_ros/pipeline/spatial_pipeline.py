@@ -150,17 +150,18 @@ class SpatialPipeline:
                            geometry_source=geometry, value=spatial.value)
 
     def _scene(self, frame: CameraFrame) -> tuple[SceneInput, str]:
-        points = mask = None
+        depth = None
         geometry = f"encoder:{self.geometry_backend}"
         if frame.depth is not None:
             depth = np.asarray(frame.depth, dtype=np.float32)
-            points, mask = frame.camera.depth_to_points(depth)
-            if mask.mean() < 0.05:  # almost no measurements: the encoder is the better source
-                points = mask = None
+            if depth.shape != (frame.camera.height, frame.camera.width):
+                raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]} but the camera is "
+                                 f"{frame.camera.width}x{frame.camera.height}")
+            if np.mean(np.isfinite(depth) & (depth > 1e-3)) < 0.05:
+                depth = None  # almost no measurements: the encoder is the better source
             else:
                 geometry = "depth"
-                points = points.astype(np.float32)
-        return SceneInput(image=frame.image, camera=frame.camera, points=points, mask=mask), geometry
+        return SceneInput(image=frame.image, camera=frame.camera, depth=depth), geometry
 
     def close(self) -> None:
         if self.vlm is not None:

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,9 @@ from ..geometry.checkpoint_io import load_safetensors, save_safetensors
 from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
 from ..geometry.preprocess import model_grid_transform
 from ..vlm.compact_backend import encoder_config
+from .eval_spatial import HELD_OUT_FIRST_SEED
 from ..vlm.compact_model import CompactSpatialDecoder, CompactVLMConfig
-from ..vlm.compact_targets import box_to_target, output_tokens
+from ..vlm.compact_targets import box_to_target, dense_target, heat_target, output_tokens
 from ..vlm.compact_tokenizer import CompactTokenizer
 
 STATE_FILE = "training_state.json"
@@ -49,7 +50,7 @@ class TrainConfig:
     device: str = "cuda"
     minutes: float = 8.0             # training time budget of this run (data generation excluded)
     scenes: int = 12000              # scenes rendered for this run
-    scene_seed_offset: int = 0       # first scene seed (a resumed run uses fresh scenes)
+    scene_seed_offset: int = -1      # first scene seed; -1 = 0, or where the resumed run stopped
     questions_per_scene: int = 12
     images_per_step: int = 48
     questions_per_image: int = 4
@@ -63,6 +64,7 @@ class TrainConfig:
     render_batch: int = 64
     seed: int = 0
     export_onnx: bool = True
+    dense_head: bool = True          # per-patch heat map / colour / box head (the shipped model has it)
 
 
 # ----------------------------------------------------------------------------- data
@@ -86,16 +88,19 @@ def _grid_setup(scene, enc_cfg: CompactEncoderConfig):
 
 
 def _question_records(args):
-    """Worker: questions of one scene -> token and grounding-target records (numpy only)."""
-    scene, cam, visible, tok_path, dec_cfg, n, seed = args
+    """Worker: questions of one scene -> (token and grounding-target records, dense-head targets,
+    ignored (kind, patch) pairs) (numpy only)."""
+    scene, cam, visible, marginal, tok_path, dec_cfg, n, seed = args
     from ..sim.questions import make_questions
     tok = CompactTokenizer.load(tok_path)
     rng = np.random.default_rng(seed)
+    dense = dec_cfg.has_dense_head
     records = []
-    for q in make_questions(scene, visible, rng, n=n):
+    for q in make_questions(scene, visible, rng, n=n, marginal=marginal):
         if q.spec.kind in SET_KINDS:
-            idx = sorted(q.targets[0] if q.targets else [],
-                         key=lambda i: float(cam.project(scene.objects[i].box.center[None])[0, 0]))
+            idx = [] if dense else sorted(
+                q.targets[0] if q.targets else [],
+                key=lambda i: float(cam.project(scene.objects[i].box.center[None])[0, 0]))
         else:
             idx = [t[0] for t in q.targets]
         labels = [scene.objects[i].label for i in idx]
@@ -109,7 +114,35 @@ def _question_records(args):
         records.append((np.array(q_ids, np.int32), np.array(ids, np.int32), np.array(obj_pos, np.int32),
                         np.array([t.patch for t in tgts], np.int32), np.stack([t.params for t in tgts])
                         if tgts else np.zeros((0, 8))))
-    return records
+    targets, ignored = [], []
+    if dense:
+        for i in list(visible) + list(marginal):
+            o = scene.objects[i]
+            t = dense_target(o.box, dec_cfg.kinds.index(o.kind), dec_cfg.colours.index(o.colour), cam, scene.up,
+                             dec_cfg.grid_w, dec_cfg.grid_h, dec_cfg.patch)
+            if t is not None:
+                (targets if i in visible else ignored).append(t)
+    heat = np.zeros((0, 0), np.float16)
+    positives = np.zeros((0, 11), np.float32)          # patch, kind, colour, 8 box parameters
+    if dense:
+        heat = heat_target(targets, dec_cfg.grid_h, dec_cfg.grid_w, len(dec_cfg.kinds))
+        for t in ignored:                               # a sliver: neither object nor background
+            if heat[t.target.patch, t.kind] < 1.0:
+                heat[t.target.patch, t.kind] = -1.0
+        heat = heat.astype(np.float16)
+        if targets:
+            positives = np.array([[t.target.patch, t.kind, t.colour, *t.target.params] for t in targets],
+                                 np.float32)
+    return records, heat, positives
+
+
+def visibility_threshold(scene, grid_camera, *, min_pixels: int = 40, max_width: int = 640) -> float:
+    """Pixels on the model grid that make an object "visible" the way the benchmark counts it:
+    `min_pixels` in the scene's image shrunk to at most `max_width` (n3d-bench's default)."""
+    cam = scene.camera
+    shrink = min(1.0, max_width / cam.width)
+    grid_per_source = (grid_camera.fx / cam.fx) * (grid_camera.fy / cam.fy)
+    return max(3.0, min_pixels * grid_per_source / shrink ** 2)
 
 
 def build_tokenizer(n_scenes: int = 400) -> CompactTokenizer:
@@ -147,11 +180,13 @@ class GpuDataset:
         self.K = torch.empty((n, 4), dtype=torch.float32, device=dev)
         self.up = torch.empty((n, 3), dtype=torch.float32, device=dev)
         self.questions: list[list] = [[] for _ in range(n)]
+        self.heat: list[np.ndarray | None] = [None] * n        # dense head: (N, kinds) heat targets
+        self.positives: list[np.ndarray | None] = [None] * n   # dense head: one row per visible object
         self.pool = ProcessPoolExecutor(cfg.workers)
         v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
                               torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
         self.u, self.v = u, v
-        self.next_seed = cfg.scene_seed_offset
+        self.next_seed = max(0, cfg.scene_seed_offset)
         self._pending: tuple | None = None       # (stage, slots, seeds, futures)
         t0 = time.time()
         slots = np.arange(n)
@@ -161,19 +196,25 @@ class GpuDataset:
         jobs = self._render_into(slots, scenes)
         log(f"rendered {n} images in {time.time() - t0:.1f} s")
         t0 = time.time()
-        for slot, records in zip(slots, self.pool.map(_question_records, jobs, chunksize=32)):
-            self.questions[slot] = records
+        for slot, result in zip(slots, self.pool.map(_question_records, jobs, chunksize=32)):
+            self._store(slot, result)
         log(f"made {sum(len(q) for q in self.questions)} questions in {time.time() - t0:.1f} s")
         self.usable = np.array([i for i, q in enumerate(self.questions) if q])
 
+    def _store(self, slot: int, result: tuple) -> None:
+        self.questions[slot], self.heat[slot], self.positives[slot] = result
+
     def _take_seeds(self, n: int) -> list[int]:
+        if self.next_seed + n > HELD_OUT_FIRST_SEED:
+            raise RuntimeError(f"training would reach scene seed {HELD_OUT_FIRST_SEED}, where the benchmark's "
+                               f"held-out seeds start; use fewer or earlier scenes")
         seeds = list(range(self.next_seed, self.next_seed + n))
         self.next_seed += n
         return seeds
 
     def _render_into(self, slots: np.ndarray, scenes: list) -> list[tuple]:
         """Render scenes into `slots`; returns the question jobs for them."""
-        from ..sim.questions import visible_objects
+        from ..sim.questions import marginal_objects, visible_objects
         from ..sim.render import render
         cfg, dev = self.cfg, self.cfg.device
         jobs = []
@@ -187,8 +228,11 @@ class GpuDataset:
             self.K[idx] = torch.tensor([[c.fx, c.fy, c.cx, c.cy] for c, _ in setups], device=dev)
             self.up[idx] = torch.tensor(np.stack([sc.up for sc in chunk]), dtype=torch.float32, device=dev)
             for j, (sc, (c, _)) in enumerate(zip(chunk, setups)):
-                visible = visible_objects(sc, out.instance[j].cpu().numpy())
-                jobs.append((sc, c, visible, self.tok_path, self.dec_cfg, cfg.questions_per_scene,
+                instance = out.instance[j].cpu().numpy()
+                thr = visibility_threshold(sc, c)
+                visible = visible_objects(sc, instance, min_pixels=thr)
+                marginal = marginal_objects(sc, instance, min_pixels=thr)
+                jobs.append((sc, c, visible, marginal, self.tok_path, self.dec_cfg, cfg.questions_per_scene,
                              cfg.seed * 7919 + sc.seed))
         return jobs
 
@@ -212,7 +256,7 @@ class GpuDataset:
             self._pending = ("questions", slots, [self.pool.submit(_question_records, j) for j in jobs])
         else:
             for slot, f in zip(slots, futures):
-                self.questions[slot] = f.result()
+                self._store(slot, f.result())
             self.usable = np.union1d(self.usable, [s for s in slots if self.questions[s]])
             self._pending = None
             self.log(f"refreshed {len(slots)} scenes (next seed {self.next_seed})")
@@ -264,21 +308,51 @@ def collate(ds: GpuDataset, rng: np.random.Generator, cfg: TrainConfig, dec_cfg:
             g_patch.append(patches[k])
             g_params.append(params[k])
     t = lambda a: torch.from_numpy(np.asarray(a)).to(cfg.device)  # noqa: E731
+    dense = None
+    if dec_cfg.has_dense_head:
+        heat = np.stack([ds.heat[i] for i in img_idx]).astype(np.float32)          # (Bi,N,K)
+        pos = [np.concatenate([np.full((len(ds.positives[img_idx[b]]), 1), r, np.float32), ds.positives[img_idx[b]]],
+                              axis=1) for r, (b, _) in enumerate(rows)]
+        pos = np.concatenate(pos) if pos else np.zeros((0, 12), np.float32)         # row, patch, kind, colour, 8
+        dense = (t(heat), t(pos[:, :4].astype(np.int64)), t(pos[:, 4:].astype(np.float32)))
     return (torch.from_numpy(img_idx).to(cfg.device), t(image_index), t(q_ids), t(q_pad), t(out_in), t(out_tgt),
             t(region), t(np.array(g_row, np.int64)), t(np.array(g_pos, np.int64)), t(np.array(g_patch, np.int64)),
-            t(np.array(g_params, np.float32).reshape(-1, 8)))
+            t(np.array(g_params, np.float32).reshape(-1, 8)), dense)
 
 
 # ----------------------------------------------------------------------------- losses
+def _box_loss(pred: torch.Tensor, params: torch.Tensor, patch_z: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 on the 8 box parameters; the depth target is taken relative to the patch's depth."""
+    tgt = params.clone()
+    tgt[:, 2] = tgt[:, 2] - torch.log(patch_z.clamp_min(0.05))
+    return (F.smooth_l1_loss(pred, tgt, reduction="none", beta=0.05) * BOX_WEIGHTS.to(pred.device)).sum(-1).mean()
+
+
+def _heat_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss; target 1 at centres, a Gaussian around them, -1 ignored."""
+    pos = (target >= 1.0).float()
+    neg = (target >= 0.0).float() - pos
+    p = torch.sigmoid(logits)
+    pos_loss = -((1 - p) ** 2 * F.logsigmoid(logits) * pos).sum()
+    neg_loss = -((1 - target.clamp(0, 1)) ** 4 * p ** 2 * F.logsigmoid(-logits) * neg).sum()
+    return (pos_loss + neg_loss) / pos.sum().clamp_min(1)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over mask without boolean indexing (which would wait for the GPU)."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp_min(1)
+
+
 def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig):
-    (img_idx, image_index, q_ids, q_pad, out_in, out_tgt, region, g_row, g_pos, g_patch, g_params) = batch
+    (img_idx, image_index, q_ids, q_pad, out_in, out_tgt, region, g_row, g_pos, g_patch, g_params, dense) = batch
     image = ds.rgb[img_idx].permute(0, 3, 1, 2).float() / 255.0
     rays = ds.rays(img_idx)
     depth_gt = ds.depth[img_idx].float()[:, None]
     valid_gt = depth_gt > 0.05
     points, mask_logits, features = enc(image, rays)
     z = points[:, 2:3].clamp_min(1e-3)
-    depth_loss = (torch.log(z) - torch.log(depth_gt.clamp_min(1e-3))).abs()[valid_gt].mean()
+    depth_loss = _masked_mean((torch.log(z) - torch.log(depth_gt.clamp_min(1e-3))).abs(), valid_gt)
     mask_loss = F.binary_cross_entropy_with_logits(mask_logits, valid_gt.float())
 
     # Decoder geometry: measured depth (with holes and 1% noise) for half the images, else the estimate.
@@ -293,24 +367,34 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
     out = dec.forward_train(features, geo_points, geo_valid, image_index, q_ids, q_pad, out_in, region)
     tok_loss = F.cross_entropy(out["logits"].flatten(0, 1).float(), out_tgt.flatten(), ignore_index=-100)
 
-    h = out["hidden"][g_row, g_pos]                                       # (G,d)
-    img_out = out["image_out"][g_row]                                     # (G,N,d)
-    ptr = dec.pointer_logits(h, img_out).float()
-    ptr_loss = F.cross_entropy(ptr, g_patch)
-    ptr_acc = (ptr.argmax(-1) == g_patch).float().mean()
-    at = img_out[torch.arange(len(g_patch), device=h.device), g_patch]
-    geo_at = out["geo"][g_row, g_patch]
-    pred = dec.box_params(h, at, geo_at).float()
-    z_ref = out["patch_points"][g_row, g_patch, 2].clamp_min(0.05)
-    tgt = g_params.clone()
-    tgt[:, 2] = tgt[:, 2] - torch.log(z_ref)
-    box_loss = (F.smooth_l1_loss(pred, tgt, reduction="none", beta=0.05) * BOX_WEIGHTS.to(h.device)).sum(-1).mean()
     up_gt = ds.up[img_idx][image_index]
     up_loss = (1 - (out["up"].float() * up_gt).sum(-1)).mean()
-    total = depth_loss + 0.2 * mask_loss + tok_loss + ptr_loss + box_loss + up_loss
-    stats = {"depth": depth_loss.item(), "tok": tok_loss.item(), "ptr": ptr_loss.item(),
-             "ptr_acc": ptr_acc.item(), "box": box_loss.item(), "up": up_loss.item()}
-    return total, stats
+    total = depth_loss + 0.2 * mask_loss + tok_loss + up_loss
+    stats = {"depth": depth_loss, "tok": tok_loss, "up": up_loss}
+    if len(g_row):
+        h = out["hidden"][g_row, g_pos]                                   # (G,d)
+        img_out = out["image_out"][g_row]                                 # (G,N,d)
+        ptr = dec.pointer_logits(h, img_out).float()
+        ptr_loss = F.cross_entropy(ptr, g_patch)
+        at = img_out[torch.arange(len(g_patch), device=h.device), g_patch]
+        pred = dec.box_params(h, at, out["geo"][g_row, g_patch]).float()
+        box_loss = _box_loss(pred, g_params, out["patch_points"][g_row, g_patch, 2])
+        total = total + ptr_loss + box_loss
+        stats.update(ptr=ptr_loss, ptr_acc=(ptr.argmax(-1) == g_patch).float().mean(), box=box_loss)
+    if dense is not None:
+        heat_tgt, pos_idx, pos_params = dense
+        heat_logit, colour_logit, dense_box = dec.dense(out["image_out"], out["geo"])
+        heat_loss = _heat_focal_loss(heat_logit.float(), heat_tgt[image_index])
+        total = total + heat_loss
+        stats["heat"] = heat_loss
+        if len(pos_idx):
+            r, patch, kind, colour = pos_idx.unbind(-1)
+            colour_loss = F.cross_entropy(colour_logit[r, patch, kind].float(), colour)
+            dbox_loss = _box_loss(dense_box[r, patch, kind].float(), pos_params, out["patch_points"][r, patch, 2])
+            total = total + 0.5 * colour_loss + dbox_loss
+            stats.update(colour=colour_loss, dbox=dbox_loss)
+    # Detached device tensors: reading them (.item()) every step would stall the GPU queue.
+    return total, {k: v.detach().float() for k, v in stats.items()}
 
 
 # ----------------------------------------------------------------------------- run
@@ -336,8 +420,13 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.time()
         tok = build_tokenizer()
         log(f"tokenizer: {tok.vocab_size} tokens ({time.time() - t0:.1f} s)")
+        from ..sim.assets import COLOURS, KINDS
         dec_cfg = CompactVLMConfig(vocab_size=tok.vocab_size, feature_dim=enc_cfg.feature_dim,
-                                   grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16)
+                                   grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16,
+                                   kinds=tuple(KINDS) if cfg.dense_head else (),
+                                   colours=tuple(COLOURS) if cfg.dense_head else ())
+    if cfg.scene_seed_offset < 0:
+        cfg = replace(cfg, scene_seed_offset=int(state.get("next_scene_seed", 0)))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     tok_path = str(out / "tokenizer.json")
@@ -351,7 +440,8 @@ def train(cfg: TrainConfig) -> dict:
         f"decoder {sum(p.numel() for p in dec.parameters()) / 1e6:.2f} M params")
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, log)
     params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                            fused=cfg.device.startswith("cuda"))
     if cfg.resume and (Path(cfg.resume) / "optimizer.safetensors").is_file():
         _load_optimizer(opt, Path(cfg.resume) / "optimizer.safetensors")
     rng = np.random.default_rng(cfg.seed + state["step"])
@@ -360,8 +450,8 @@ def train(cfg: TrainConfig) -> dict:
     use_amp = cfg.device.startswith("cuda")
     t_start = time.time()
     step = first_step = state["step"]
-    agg: dict[str, float] = {}
-    n_agg = 0
+    agg: dict[str, torch.Tensor] = {}
+    n_agg: dict[str, int] = {}
     while time.time() - t_start < cfg.minutes * 60:
         # Warm-up, then a cosine over this run's time budget (a resumed run is a warm restart).
         frac = min(1.0, (time.time() - t_start) / (cfg.minutes * 60))
@@ -381,12 +471,12 @@ def train(cfg: TrainConfig) -> dict:
         step += 1
         for k, v in stats.items():
             agg[k] = agg.get(k, 0.0) + v
-        n_agg += 1
+            n_agg[k] = n_agg.get(k, 0) + 1
         if step % 100 == 0:
-            avg = {k: round(v / n_agg, 4) for k, v in agg.items()}
+            avg = {k: round(float(v) / n_agg[k], 4) for k, v in agg.items()}
             state["history"].append({"step": step, "lr": lr, **avg})
             log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.3f}" for k, v in avg.items()))
-            agg, n_agg = {}, 0
+            agg, n_agg = {}, {}
     ds.close()
     state["step"] = step
     state["next_scene_seed"] = ds.next_seed  # a resumed run should start its fresh scenes here
@@ -411,6 +501,10 @@ def write_model_folder(out: Path, enc, dec, tok: CompactTokenizer, enc_cfg, dec_
     tok.save(out / "tokenizer.json")
     config = {"format": "n3d_compact", "version": 1, "encoder": asdict(enc_cfg), "decoder": dec_cfg.to_dict(),
               "training": {"steps": meta["state"]["step"], "last": meta["state"]["history"][-1:]}}
+    if (out / "config.json").is_file():  # keep inference settings tuned after training
+        inference = json.loads((out / "config.json").read_text()).get("inference")
+        if inference:
+            config["inference"] = inference
     (out / "config.json").write_text(json.dumps(config, indent=1))
     if export_onnx:
         from ..geometry.compact_runtime import INPUT_NAMES, OUTPUT_NAMES

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -23,14 +23,16 @@ from ..core.objects import GroundedObject
 from ..core.questions import SET_KINDS, QuestionKind
 from ..core.reasoning import ReasoningError, answer_query
 from ..geometry.contract import GeometryOutput
+from ..geometry.preprocess import grid_depth_to_points
 from .compact_model import CompactSpatialDecoder, CompactVLMConfig
-from .compact_targets import ParsedOutput, target_to_box
+from .compact_targets import ParsedOutput, phrase_class, target_to_box
 from .compact_tokenizer import CompactTokenizer
 from .contract import Grounding, ModelLoadError, SceneInput, SpatialAnswer
 
 LOG = logging.getLogger("n3d_ros.vlm")
 REQUIRED_FILES = ("config.json", "decoder.safetensors", "tokenizer.json")
 FORMAT = "n3d_compact"
+DEFAULT_DETECTION_THRESHOLD = 0.3
 
 
 def default_model_dir() -> Path:
@@ -74,34 +76,87 @@ class _Encoded:
 
 
 class _Grounder:
-    """Turns the decoder's hidden state at a grounding token into a box, for one decoded answer.
+    """Turns the decoder's outputs into boxes, for one decoded answer: the pointer + box head at a
+    grounding token's hidden state, or (models with a dense head) the heat map of a phrase's kind
+    and colour.
 
-    (Masking patches already grounded in the answer was tried: no measurable change on the
-    50-scene benchmark, so the pointer's own choice stands.)
+    (Masking patches already grounded in the answer was tried with the pointer: no measurable
+    change on the 50-scene benchmark, so the pointer's own choice stands.)
     """
 
     def __init__(self, vlm: "CompactSpatialVLM", state, patch_pts: torch.Tensor, enc: _Encoded,
                  scene: SceneInput) -> None:
         cfg = vlm.dec_cfg
         self.dec, self.cfg, self.state, self.enc, self.scene = vlm.decoder, cfg, state, enc, scene
+        self.threshold = vlm.detection_threshold
+        self.phrase_grounding = vlm.phrase_grounding
         self.up = state.up[0].double().cpu().numpy()                       # (3,) optical frame
         self.patch_z = patch_pts[0, :, 2].cpu().numpy()                    # (N,) metres
         valid = torch.nn.functional.avg_pool2d(enc.valid.float(), cfg.patch).flatten().cpu().numpy()
         self.has_geometry = valid > 0.05
         self.fallback_z = float(np.median(self.patch_z[self.has_geometry])) if self.has_geometry.any() else 2.0
+        self.dense = None
+        if cfg.has_dense_head:
+            heat, colour, box = self.dec.dense(state.image_out, state.geo)
+            self.dense = (torch.sigmoid(heat[0].float()), colour[0].float().log_softmax(-1), box[0].float())
+
+    def _object(self, patch: int, params: np.ndarray, label: str, score: float, index: int) -> GroundedObject:
+        z_ref = float(self.patch_z[patch]) if self.has_geometry[patch] else self.fallback_z
+        box = target_to_box(patch, params, z_ref, self.enc.camera, self.up, self.cfg.grid_w, self.cfg.patch)
+        b2d = box.project_2d(self.scene.camera)
+        return GroundedObject(box=box, label=label, score=score, id=f"bbox_{index}",
+                              box_2d=None if b2d is None else tuple(float(x) for x in b2d))
+
+    def _phrase_scores(self, phrase: str) -> tuple[torch.Tensor, int] | None:
+        """log P(a `phrase` object is centred here) per patch, and its kind; None when the phrase
+        names no kind the dense head knows."""
+        if self.dense is None or self.phrase_grounding != "dense":
+            return None
+        kind, colour = phrase_class(phrase, self.cfg.kinds, self.cfg.colours)
+        if kind is None:
+            return None
+        heat, colours, _ = self.dense
+        scores = heat[:, kind].clamp_min(1e-6).log()
+        if colour is not None:
+            scores = scores + colours[:, kind, colour]
+        return scores, kind
 
     def ground(self, h: torch.Tensor, label: str, index: int) -> tuple[GroundedObject, torch.Tensor]:
         """h (1,d) -> the grounded object and the region embedding (1,1,d) fed back with <obj>."""
-        dec, cfg, state = self.dec, self.cfg, self.state
-        ptr = dec.pointer_logits(h, state.image_out)[0].float().softmax(-1)
-        n = int(torch.argmax(ptr))
-        params = dec.box_params(h, state.image_out[:, n], state.geo[:, n])[0].double().cpu().numpy()
-        z_ref = float(self.patch_z[n]) if self.has_geometry[n] else self.fallback_z
-        box = target_to_box(n, params, z_ref, self.enc.camera, self.up, cfg.grid_w, cfg.patch)
-        b2d = box.project_2d(self.scene.camera)
-        obj = GroundedObject(box=box, label=label, score=float(ptr[n]), id=f"bbox_{index}",
-                             box_2d=None if b2d is None else tuple(float(x) for x in b2d))
-        return obj, state.image_in[:, n:n + 1]
+        dec, state = self.dec, self.state
+        dense = self._phrase_scores(label)
+        if dense is not None:
+            scores, kind = dense
+            n = int(torch.argmax(scores))
+            params = self.dense[2][n, kind].double().cpu().numpy()
+            score = float(scores[n].exp())
+        else:
+            ptr = dec.pointer_logits(h, state.image_out)[0].float().softmax(-1)
+            n = int(torch.argmax(ptr))
+            params = dec.box_params(h, state.image_out[:, n], state.geo[:, n])[0].double().cpu().numpy()
+            score = float(ptr[n])
+        return self._object(n, params, label, score, index), state.image_in[:, n:n + 1]
+
+    def detections(self, phrase: str = "") -> list[GroundedObject]:
+        """Every object the dense head sees (heat-map peaks above the threshold), left to right,
+        restricted to the kind/colour `phrase` names ("" = all)."""
+        heat, colours, box = self.dense
+        cfg = self.cfg
+        kind, colour = phrase_class(phrase, cfg.kinds, cfg.colours) if phrase else (None, None)
+        grid = heat.T.reshape(1, len(cfg.kinds), cfg.grid_h, cfg.grid_w)
+        peak = grid == torch.nn.functional.max_pool2d(grid, 3, stride=1, padding=1)
+        keep = (peak & (grid >= self.threshold))[0].flatten(1)            # (K, N)
+        found = []
+        for k, n in keep.nonzero().tolist():
+            c = int(torch.argmax(colours[n, k]))
+            if (kind is not None and k != kind) or (colour is not None and c != colour):
+                continue
+            found.append((n, k, c, float(heat[n, k])))
+        found.sort(key=lambda f: -f[3])
+        objects = [self._object(n, box[n, k].double().cpu().numpy(), f"{cfg.colours[c]} {cfg.kinds[k]}", s, i)
+                   for i, (n, k, c, s) in enumerate(found)]
+        objects.sort(key=lambda o: float(self.enc.camera.project(o.box.center[None])[0, 0]))
+        return [replace(o, id=f"bbox_{i}") for i, o in enumerate(objects)]
 
 
 class CompactSpatialVLM:
@@ -119,6 +174,11 @@ class CompactSpatialVLM:
         self.device = device
         self.enc_cfg = encoder_config(cfg["encoder"])
         self.dec_cfg = CompactVLMConfig.from_dict(cfg["decoder"])
+        # Heat-map score above which the dense head reports an object (chosen on validation seeds).
+        self.detection_threshold = float(cfg.get("inference", {}).get("detection_threshold",
+                                                                      DEFAULT_DETECTION_THRESHOLD))
+        # Where a named phrase is grounded: "dense" (its kind/colour heat map) or "pointer".
+        self.phrase_grounding = str(cfg.get("inference", {}).get("phrase_grounding", "dense"))
         self.tokenizer = CompactTokenizer.load(self.model_dir / "tokenizer.json")
         if self.tokenizer.vocab_size != self.dec_cfg.vocab_size:
             raise ModelLoadError(f"tokenizer has {self.tokenizer.vocab_size} tokens, decoder expects "
@@ -143,7 +203,13 @@ class CompactSpatialVLM:
         transform = out.transforms[0]
         cam = transform.apply_camera(scene.camera)
         points, mask, source = out.points[0], out.mask[0], f"encoder:{out.backend}"
-        if scene.points is not None:  # measured geometry (RGB-D) replaces the monocular estimate
+        if scene.depth is not None and scene.points is None:
+            # Measured depth (RGB-D) replaces the estimate; resampled first, unprojected on the grid.
+            depth = np.where(np.isfinite(scene.depth), scene.depth, 0).astype(np.float32)
+            points, mask = grid_depth_to_points(transform.apply_image(depth, interpolation="nearest", fill=0.0),
+                                                cam)
+            source = "depth"
+        elif scene.points is not None:
             points = transform.apply_image(np.where(scene.mask[..., None], scene.points, np.nan)
                                            .astype(np.float32), interpolation="nearest", fill=np.nan)
             mask = np.all(np.isfinite(points), axis=-1)
@@ -206,6 +272,11 @@ class CompactSpatialVLM:
             elif nxt == tok.set_id:
                 parsed.class_phrase = " ".join(words)
                 words = []
+                if ctx.dense is not None:  # the dense head lists the set; nothing left to decode
+                    objects = ctx.detections(parsed.class_phrase)
+                    parsed.labels = [o.label for o in objects]
+                    text.append(tok.token(tok.eos_id))
+                    break
             elif nxt == tok.obj_id:
                 name = forced_names.pop(0) if forced_names else " ".join(words)
                 obj, region = ctx.ground(h, name, len(objects))

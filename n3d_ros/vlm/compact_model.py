@@ -10,6 +10,12 @@ At the position whose next token is `<obj>`, the hidden state drives
     yaw (as sin 2t, cos 2t: boxes are symmetric under a half turn), in the gravity-levelled frame;
 and the `<obj>` token fed back carries the chosen patch's embedding (a region token), so later
 groundings know what was already grounded. A global head predicts the up vector (camera tilt).
+
+Models with a class vocabulary (`kinds`, `colours`) also carry a dense grounding head on the image
+tokens: per patch and object kind, a centre heat-map logit, colour logits and the same 8 box
+parameters. Set questions ("how many chairs", "which object is smallest") read every object from
+it instead of listing them token by token, and a named phrase ("the red mug") is grounded where the
+heat map of its kind and colour peaks: listing objects autoregressively missed a third of them.
 """
 from __future__ import annotations
 
@@ -38,6 +44,12 @@ class CompactVLMConfig:
     max_output_len: int = 48     # tokens, including <eos>
     geo_freqs: int = 6           # Fourier frequencies of the 3D position encoding
     dropout: float = 0.0
+    kinds: tuple[str, ...] = ()      # object kinds of the dense head ("" = no dense head)
+    colours: tuple[str, ...] = ()    # colour words of the dense head
+
+    @property
+    def has_dense_head(self) -> bool:
+        return bool(self.kinds)
 
     @property
     def n_image_tokens(self) -> int:
@@ -52,6 +64,7 @@ class CompactVLMConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown decoder config keys {sorted(unknown)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
 
 
@@ -147,7 +160,13 @@ class CompactSpatialDecoder(nn.Module):
         self.box_head = nn.Sequential(nn.Linear(2 * d + geo_dim, 2 * d), nn.GELU(),
                                       nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, BOX_PARAMS))
         self.up_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 3))
+        if cfg.has_dense_head:
+            k, c = len(cfg.kinds), len(cfg.colours)
+            self.dense_head = nn.Sequential(nn.Linear(d + geo_dim, 2 * d), nn.GELU(),
+                                            nn.Linear(2 * d, k * (1 + c + BOX_PARAMS)))
         self.apply(self._init)
+        if cfg.has_dense_head:  # heat maps start at a ~1 % prior: centres are rare among patch x kind
+            nn.init.constant_(self.dense_head[-1].bias.view(k, 1 + c + BOX_PARAMS)[:, 0], -4.6)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -196,6 +215,19 @@ class CompactSpatialDecoder(nn.Module):
         rest = out[:, 2:6]
         yaw = F.normalize(out[:, 6:8], dim=-1, eps=1e-6)
         return torch.cat([du_dv, rest, yaw], dim=-1)
+
+    def dense(self, image_out: torch.Tensor, geo: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Dense grounding head. image_out (B,N,d), geo (B,N,G) ->
+        heat logits (B,N,K), colour logits (B,N,K,C), box parameters (B,N,K,8)."""
+        cfg = self.cfg
+        B, N, _ = image_out.shape
+        k, c = len(cfg.kinds), len(cfg.colours)
+        out = self.dense_head(torch.cat([image_out, geo], dim=-1)).view(B, N, k, 1 + c + BOX_PARAMS)
+        box = out[..., 1 + c:]
+        box = torch.cat([torch.tanh(box[..., :2]), box[..., 2:6], F.normalize(box[..., 6:8], dim=-1, eps=1e-6)],
+                        dim=-1)
+        return out[..., 0], out[..., 1:1 + c], box
 
     def up_vector(self, image_out: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.up_head(image_out.mean(dim=1)), dim=-1, eps=1e-6)

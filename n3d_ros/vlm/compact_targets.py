@@ -5,7 +5,8 @@ Kept in one place because training (targets) and inference (decoding) must agree
 Output grammar:  <k:kind> [class words <set>] (label words <obj>)* <eos>
   - pairwise / single kinds: one `label <obj>` per target, in the question's order;
   - set kinds (count, closest, ...): `<set>` (preceded by the class phrase if the question names
-    one), then every candidate object left to right.
+    one), then every candidate object left to right; models with a dense head stop at `<set>`
+    and read the objects from the heat map instead.
 Box parameters (model grid, gravity-levelled frame):
   du, dv   centre offset from the patch centre, in patch units
   dlogz    log(centre z / patch mean z)
@@ -33,7 +34,8 @@ class GroundingTarget:
 
 
 def output_tokens(tok: CompactTokenizer, spec: QuerySpec, labels: Sequence[str]) -> list[int]:
-    """Token ids of the answer sequence (without the leading <sep>), ending with <eos>."""
+    """Token ids of the answer sequence (without the leading <sep>), ending with <eos>.
+    `labels` are the objects to list (for a dense-head model's set kinds: none)."""
     ids = [tok.kind_ids[spec.kind]]
     if spec.kind in SET_KINDS:
         if spec.targets:
@@ -100,3 +102,63 @@ class ParsedOutput:
         except ValueError as exc:  # e.g. a pairwise kind with one grounded object
             self.problems.append(str(exc))
             return None
+
+
+# ------------------------------------------------------------------------- dense head
+def _singular(word: str) -> str:
+    for suffix, repl in (("ies", "y"), ("ves", "f"), ("ches", "ch"), ("shes", "sh"), ("xes", "x"), ("s", "")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 1:
+            return word[: -len(suffix)] + repl
+    return word
+
+
+def phrase_class(phrase: str, kinds: Sequence[str], colours: Sequence[str]) -> tuple[int | None, int | None]:
+    """(kind index, colour index) a phrase names, e.g. "the red mugs" -> (mug, red); None where it
+    names none (or a word the closed world lacks)."""
+    kind = colour = None
+    for w in phrase.lower().replace("-", " ").split():
+        w = w.strip(".,;:!?'\"")
+        if w in colours:
+            colour = colours.index(w)
+        elif w in kinds:
+            kind = kinds.index(w)
+        elif _singular(w) in kinds:
+            kind = kinds.index(_singular(w))
+    return kind, colour
+
+
+@dataclass(frozen=True)
+class DenseTarget:
+    """One object's supervision of the dense head (model grid)."""
+    kind: int
+    colour: int
+    target: GroundingTarget
+    centre: tuple[float, float]    # (col, row) of the projected centre, in patch units
+    sigma: float                   # heat-map spread, patches
+
+
+def dense_target(box: Box3D, kind: int, colour: int, camera: CameraModel, up: np.ndarray, grid_w: int,
+                 grid_h: int, patch: int) -> DenseTarget | None:
+    t = box_to_target(box, camera, up, grid_w, grid_h, patch)
+    if t is None:
+        return None
+    row, col = divmod(t.patch, grid_w)
+    centre = (col + 0.5 + float(t.params[0]), row + 0.5 + float(t.params[1]))
+    b2 = box.project_2d(camera)
+    extent = 1.0 if b2 is None else min(b2[2] - b2[0], b2[3] - b2[1]) / patch
+    # CenterNet's size-adaptive spread: neighbours of a large object's centre are softer negatives.
+    return DenseTarget(kind, colour, t, centre, float(np.clip(extent / 6.0, 0.5, 2.0)))
+
+
+def heat_target(targets: Sequence[DenseTarget], grid_h: int, grid_w: int, n_kinds: int) -> np.ndarray:
+    """(grid_h * grid_w, n_kinds) heat map: 1 at each centre patch, a Gaussian around it."""
+    rows, cols = np.mgrid[0:grid_h, 0:grid_w]
+    heat = np.zeros((grid_h, grid_w, n_kinds), np.float32)
+    for t in targets:
+        d2 = (cols + 0.5 - t.centre[0]) ** 2 + (rows + 0.5 - t.centre[1]) ** 2
+        g = np.exp(-d2 / (2 * t.sigma ** 2))
+        heat[..., t.kind] = np.maximum(heat[..., t.kind], g)
+    flat = heat.reshape(grid_h * grid_w, n_kinds)
+    for t in targets:
+        flat[t.target.patch, t.kind] = 1.0
+    return flat

@@ -23,14 +23,18 @@ class SceneInput:
     image:  (H, W, 3) uint8 RGB of the source camera.
     camera: intrinsics of that image.
     points: (H, W, 3) float32 metres, optical frame, on the source grid; None = let the backend's
-            own geometry encoder estimate it.
+            own geometry encoder estimate it (or use `depth`).
     mask:   (H, W) bool validity of `points`.
+    depth:  (H, W) float32 z-depth in metres on the source grid (0 / NaN = no measurement), the
+            measured geometry as a depth camera gives it. Backends that work on a smaller grid
+            resample it first and unproject only there; `measured_points()` unprojects it here.
     """
 
     image: np.ndarray
     camera: CameraModel
     points: np.ndarray | None = None
     mask: np.ndarray | None = None
+    depth: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         img = check_image(self.image, self.camera)
@@ -39,6 +43,21 @@ class SceneInput:
                 raise ValueError(f"points must be (H, W, 3) matching the image, got {self.points.shape}")
             if self.mask is None:
                 object.__setattr__(self, "mask", np.all(np.isfinite(self.points), axis=-1))
+        if self.depth is not None and np.shape(self.depth) != img.shape[:2]:
+            raise ValueError(f"depth must be (H, W) matching the image, got {np.shape(self.depth)}")
+
+    @property
+    def has_measured_geometry(self) -> bool:
+        return self.points is not None or self.depth is not None
+
+    def measured_points(self) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """Source-grid (points, mask) from `points` or `depth`; (None, None) without either."""
+        if self.points is not None:
+            return self.points, self.mask
+        if self.depth is not None:
+            points, mask = self.camera.depth_to_points(self.depth)
+            return points.astype(np.float32), mask
+        return None, None
 
 
 @dataclass(frozen=True)

@@ -111,11 +111,11 @@ class N3DVLM:
         tf = PixelTransform.resize_to(cam.width, cam.height, w, h)
         image = np.asarray(Image.fromarray(scene.image).resize((w, h), Image.LANCZOS))
         camera = tf.apply_camera(cam)
-        if scene.points is not None:
+        if scene.has_measured_geometry:
+            points, mask = scene.measured_points()
             # Nearest: a point between two surfaces would be a point on neither.
-            pts = tf.apply_image(np.asarray(scene.points, dtype=np.float32),
-                                 interpolation="nearest", fill=np.nan)
-            m = tf.apply_image(np.asarray(scene.mask).astype(np.uint8), interpolation="nearest")
+            pts = tf.apply_image(np.asarray(points, dtype=np.float32), interpolation="nearest", fill=np.nan)
+            m = tf.apply_image(np.asarray(mask).astype(np.uint8), interpolation="nearest")
             valid = m.astype(bool) & np.all(np.isfinite(pts), axis=-1)
         elif self.geometry_encoder is not None:
             out = self.geometry_encoder.encode([image], [camera])

@@ -1,0 +1,99 @@
+"""Where a training step of the compact model spends its time (the step rate bounds the training budget).
+
+    python benchmarks/profile_train_step.py --device cuda --scenes 2000 --steps 60
+    python benchmarks/profile_train_step.py --device cuda --dense-head true --questions-per-image 2
+
+Times, per step, with the GPU synchronized around each phase (so phases do not overlap as they do
+in training): batch assembly on the CPU, forward, backward, optimizer; plus one background-refresh
+render of `refresh_fraction` of the scenes. Prints a markdown table (median ms and share of the step).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def main(argv: list[str] | None = None) -> None:
+    from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
+    from n3d_ros.sim.assets import COLOURS, KINDS
+    from n3d_ros.tools.train_compact import GpuDataset, TrainConfig, build_tokenizer, collate, step_losses
+    from n3d_ros.vlm.compact_model import CompactSpatialDecoder, CompactVLMConfig
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--scenes", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--images-per-step", type=int, default=48)
+    p.add_argument("--questions-per-image", type=int, default=4)
+    p.add_argument("--dense-head", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
+    p.add_argument("--workers", type=int, default=8)
+    a = p.parse_args(argv)
+    cfg = TrainConfig(device=a.device, scenes=a.scenes, images_per_step=a.images_per_step,
+                      questions_per_image=a.questions_per_image, workers=a.workers, scene_seed_offset=0,
+                      dense_head=a.dense_head)
+    tok = build_tokenizer(n_scenes=100)
+    tok_path = "/tmp/n3d_profile_tokenizer.json"
+    tok.save(tok_path)
+    enc_cfg = CompactEncoderConfig()
+    dec_cfg = CompactVLMConfig(vocab_size=tok.vocab_size, feature_dim=enc_cfg.feature_dim,
+                               grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16,
+                               kinds=tuple(KINDS) if a.dense_head else (),
+                               colours=tuple(COLOURS) if a.dense_head else ())
+    enc = CompactGeometryEncoder(enc_cfg).to(a.device)
+    dec = CompactSpatialDecoder(dec_cfg).to(a.device)
+    ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, print)
+    params = list(enc.parameters()) + list(dec.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=a.device.startswith("cuda"))
+    rng = np.random.default_rng(0)
+    trng = torch.Generator(device=a.device)
+    cuda = a.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    phases: dict[str, list[float]] = {"batch (CPU)": [], "forward": [], "backward": [], "optimizer": [], "step": []}
+    for i in range(a.steps + 5):
+        sync()
+        t0 = time.perf_counter()
+        batch = collate(ds, rng, cfg, dec_cfg, tok)
+        sync()
+        t1 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss, _ = step_losses(enc, dec, ds, batch, trng, dec_cfg)
+        sync()
+        t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync()
+        t3 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sync()
+        t4 = time.perf_counter()
+        if i >= 5:  # warm-up steps excluded
+            for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                phases[k].append(v * 1e3)
+    slots = rng.choice(cfg.scenes, size=max(1, int(cfg.refresh_fraction * cfg.scenes)), replace=False)
+    from n3d_ros.tools.train_compact import _make_scenes
+    scenes = _make_scenes(list(range(900_000, 900_000 + len(slots))))
+    sync()
+    t0 = time.perf_counter()
+    ds._render_into(slots, scenes)
+    sync()
+    render_ms = (time.perf_counter() - t0) * 1e3
+    ds.close()
+    step = statistics.median(phases["step"])
+    name = torch.cuda.get_device_name(0) if cuda else "CPU"
+    print(f"\nTraining step profile on {name}: {a.images_per_step} images x {a.questions_per_image} questions, "
+          f"dense head {a.dense_head}, {a.steps} steps\n")
+    print("| phase | median ms | share of step |\n|---|---|---|")
+    for k, v in phases.items():
+        m = statistics.median(v)
+        print(f"| {k} | {m:.1f} | {m / step:.0%} |")
+    print(f"\nsteps/s (phases serialized): {1e3 / step:.1f}; refresh render of {len(slots)} scenes: "
+          f"{render_ms:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
