@@ -120,3 +120,16 @@ def test_scene_input_depth_is_checked_and_unprojected_on_request():
 def test_depth_of_the_wrong_size_is_a_clear_error(pipe, frame):
     with pytest.raises(ValueError, match="depth"):
         pipe.query(CameraFrame(image=frame.rgb, camera=frame.camera, depth=np.ones((10, 10), np.float32)), "x")
+
+
+@pytest.mark.parametrize("inference, match", [({"detection_threshold": 1.5}, "detection_threshold"),
+                                              ({"phrase_grounding": "magic"}, "phrase_grounding")])
+def test_bad_inference_settings_are_load_errors(tmp_path, inference, match):
+    from n3d_ros.vlm.compact_backend import CompactSpatialVLM
+    for f in ("config.json", "decoder.safetensors", "tokenizer.json", "encoder.safetensors"):
+        shutil.copy(default_model_dir() / f, tmp_path / f)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["inference"] = inference
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match=match):
+        CompactSpatialVLM(tmp_path, device="cpu")

@@ -174,11 +174,17 @@ class CompactSpatialVLM:
         self.device = device
         self.enc_cfg = encoder_config(cfg["encoder"])
         self.dec_cfg = CompactVLMConfig.from_dict(cfg["decoder"])
+        inference = cfg.get("inference", {})
         # Heat-map score above which the dense head reports an object (chosen on validation seeds).
-        self.detection_threshold = float(cfg.get("inference", {}).get("detection_threshold",
-                                                                      DEFAULT_DETECTION_THRESHOLD))
+        self.detection_threshold = inference.get("detection_threshold", DEFAULT_DETECTION_THRESHOLD)
         # Where a named phrase is grounded: "dense" (its kind/colour heat map) or "pointer".
-        self.phrase_grounding = str(cfg.get("inference", {}).get("phrase_grounding", "dense"))
+        self.phrase_grounding = inference.get("phrase_grounding", "dense")
+        if not isinstance(self.detection_threshold, (int, float)) or not 0.0 < self.detection_threshold < 1.0:
+            raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.detection_threshold must be in "
+                                 f"(0, 1), got {self.detection_threshold!r}")
+        if self.phrase_grounding not in ("dense", "pointer"):
+            raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.phrase_grounding must be 'dense' or "
+                                 f"'pointer', got {self.phrase_grounding!r}")
         self.tokenizer = CompactTokenizer.load(self.model_dir / "tokenizer.json")
         if self.tokenizer.vocab_size != self.dec_cfg.vocab_size:
             raise ModelLoadError(f"tokenizer has {self.tokenizer.vocab_size} tokens, decoder expects "
