@@ -172,7 +172,7 @@ def _grounder_with_heat(heat_np, colour_idx, threshold=0.3):
     valid = torch.ones(1, 1, 48, 64, dtype=torch.bool)
     state, patch_pts = dec.prefill(torch.randn(1, 8, 3, 4), pts, valid, torch.tensor([[5, 6]]))
     enc = _Encoded(features=None, points=pts, valid=valid, camera=cam, source="test")
-    vlm = SimpleNamespace(dec_cfg=cfg, decoder=dec, detection_threshold=threshold, phrase_grounding="dense")
+    vlm = SimpleNamespace(dec_cfg=cfg, decoder=dec, detection_threshold=threshold, phrase_grounding="dense", snap_to_depth=False)
     scene = SceneInput(np.zeros((48, 64, 3), np.uint8), cam)
     return _Grounder(vlm, state, patch_pts, enc, scene)
 

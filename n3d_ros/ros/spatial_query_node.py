@@ -512,6 +512,15 @@ class SpatialQueryNode(LifecycleNode):
         self._diag_pub.publish(health_to_array(health, header, name=self.get_fully_qualified_name(),
                                                hardware_id=health.device))
 
+    def _lifecycle_state(self) -> str:
+        """rclpy's own state label ("activating" until on_activate has returned and the transition is
+        complete; a caller that saw "active" may then deactivate), else our record of it."""
+        machine = getattr(self, "_state_machine", None)
+        try:
+            return str(machine.current_state[1])
+        except (AttributeError, IndexError, TypeError):
+            return self._state
+
     def health(self) -> NodeHealth:
         pipe = self._pipeline
         with self._lock:
@@ -519,7 +528,7 @@ class SpatialQueryNode(LifecycleNode):
             last_latency, last_error = self._last_latency, self._last_error
         since = -1.0 if self._last_frame_mono is None else time.monotonic() - self._last_frame_mono
         return NodeHealth(
-            state=self._state, buffer=self._buffer.stats() if self._buffer else BufferStats(),
+            state=self._lifecycle_state(), buffer=self._buffer.stats() if self._buffer else BufferStats(),
             rejected_depth=counters["rejected_depth"], queries=counters["queries"],
             queries_failed=counters["queries_failed"], queries_timed_out=counters["queries_timed_out"],
             last_latency_sec=last_latency, last_error=last_error,

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..core.box_refine import snap_to_depth
 from ..core.camera import CameraModel
 from ..core.objects import GroundedObject
 from ..core.questions import SET_KINDS, QuestionKind
@@ -95,6 +96,9 @@ class _Grounder:
         valid = torch.nn.functional.avg_pool2d(enc.valid.float(), cfg.patch).flatten().cpu().numpy()
         self.has_geometry = valid > 0.05
         self.fallback_z = float(np.median(self.patch_z[self.has_geometry])) if self.has_geometry.any() else 2.0
+        self.snap = None  # measured points on the model grid, when the geometry is a depth camera's
+        if vlm.snap_to_depth and enc.source == "depth":
+            self.snap = (enc.points[0].permute(1, 2, 0).cpu().numpy(), enc.valid[0, 0].cpu().numpy())
         self.dense = None
         if cfg.has_dense_head:
             heat, colour, box = self.dec.dense(state.image_out, state.geo)
@@ -103,6 +107,8 @@ class _Grounder:
     def _object(self, patch: int, params: np.ndarray, label: str, score: float, index: int) -> GroundedObject:
         z_ref = float(self.patch_z[patch]) if self.has_geometry[patch] else self.fallback_z
         box = target_to_box(patch, params, z_ref, self.enc.camera, self.up, self.cfg.grid_w, self.cfg.patch)
+        if self.snap is not None:
+            box = snap_to_depth(box, *self.snap, self.enc.camera)
         b2d = box.project_2d(self.scene.camera)
         return GroundedObject(box=box, label=label, score=score, id=f"bbox_{index}",
                               box_2d=None if b2d is None else tuple(float(x) for x in b2d))
@@ -179,6 +185,8 @@ class CompactSpatialVLM:
         self.detection_threshold = inference.get("detection_threshold", DEFAULT_DETECTION_THRESHOLD)
         # Where a named phrase is grounded: "dense" (its kind/colour heat map) or "pointer".
         self.phrase_grounding = inference.get("phrase_grounding", "dense")
+        # With measured depth, move each box along its ray onto the surface it sees (core.box_refine).
+        self.snap_to_depth = bool(inference.get("snap_to_depth", True))
         if not isinstance(self.detection_threshold, (int, float)) or not 0.0 < self.detection_threshold < 1.0:
             raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.detection_threshold must be in "
                                  f"(0, 1), got {self.detection_threshold!r}")
