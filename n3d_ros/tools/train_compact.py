@@ -2,17 +2,20 @@
 
     python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --out models/n3d_compact
     python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --resume models/n3d_compact \
-        --scene-seed-offset 20000 --lr 5e-4 --out models/n3d_compact
+        --lr 5e-4 --out models/n3d_compact
+(the shipped model's exact two stages: scripts/train_builtin_model.sh)
 
 Data: scenes from `n3d_ros.sim` rendered straight onto the model grid (focal-normalized,
-letterboxed camera) on the training device, with templated questions. Encoder (depth + validity)
-and decoder (tokens, pointer, box, up vector) train jointly; the decoder sees measured geometry
+letterboxed camera) on the training device, with templated questions; an object is "visible"
+by the benchmark's rule (40 px at <= 640 px wide). Encoder (depth + validity) and decoder
+(tokens, dense heat map / colour / box head, pointer, box, up vector) train jointly; the decoder sees measured geometry
 (ground-truth depth with holes and noise) for half of the images and the encoder's own estimate
 for the rest, so one model serves RGB and RGB-D robots.
 A run stops at its time budget and saves a resumable checkpoint (safetensors + JSON), because one
 command on the lent GPU may run at most 10 minutes. `--refresh-every-steps N` keeps replacing a
-`--refresh-fraction` of the scenes with fresh ones while training (the shipped model was trained
-without it; runs 1-2 over-fitted their 16,000 scenes, see its model card).
+`--refresh-fraction` of the scenes with fresh ones while training: a fixed set of 16,000 scenes
+was memorized within minutes by an earlier model. A resumed run continues the scene seeds where
+the previous one stopped; seeds never reach the benchmark's held-out range.
 """
 from __future__ import annotations
 
@@ -34,10 +37,10 @@ from ..geometry.checkpoint_io import load_safetensors, save_safetensors
 from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
 from ..geometry.preprocess import model_grid_transform
 from ..vlm.compact_backend import encoder_config
-from .eval_spatial import HELD_OUT_FIRST_SEED
 from ..vlm.compact_model import CompactSpatialDecoder, CompactVLMConfig
 from ..vlm.compact_targets import box_to_target, dense_target, heat_target, output_tokens
 from ..vlm.compact_tokenizer import CompactTokenizer
+from .eval_spatial import HELD_OUT_FIRST_SEED
 
 STATE_FILE = "training_state.json"
 BOX_WEIGHTS = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.3, 0.3])
@@ -88,8 +91,8 @@ def _grid_setup(scene, enc_cfg: CompactEncoderConfig):
 
 
 def _question_records(args):
-    """Worker: questions of one scene -> (token and grounding-target records, dense-head targets,
-    ignored (kind, patch) pairs) (numpy only)."""
+    """Worker: questions of one scene -> (token and grounding-target records, dense-head heat-map
+    target (N, kinds) with -1 where ignored, dense-head positives) (numpy only)."""
     scene, cam, visible, marginal, tok_path, dec_cfg, n, seed = args
     from ..sim.questions import make_questions
     tok = CompactTokenizer.load(tok_path)
