@@ -287,6 +287,8 @@ def test_bench_with_built_in_model(tmp_path):
     assert depth["median_centre_error_m"] < 0.2 and mono["median_centre_error_m"] < 0.5
     assert depth["qa_accuracy"] >= 0.4 and mono["qa_accuracy"] >= 0.35
     assert depth["failed_queries"] <= 3
+    settings = data["environment"]["model_settings"]
+    assert settings["snap_to_depth"] is True and 0 < settings["detection_threshold"] < 1
 
 
 def test_prompt_targets_passes_ground_truth_phrases(samples):

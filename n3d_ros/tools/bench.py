@@ -93,6 +93,9 @@ def run_benchmark(opts: BenchOptions, pipeline: QueryPipeline, *, render_device:
         "total_s": round(time.perf_counter() - t0, 2),
         "questions": sum(len(s.questions) for s in samples),
     }
+    settings = getattr(getattr(pipeline, "vlm", None), "inference_settings", None)
+    if isinstance(settings, dict):
+        report.environment["model_settings"] = settings
     report.config.update({"scenes": opts.scenes, "questions_per_scene": opts.questions_per_scene,
                           "first_seed": opts.first_seed, "max_width": opts.max_width})
     return report

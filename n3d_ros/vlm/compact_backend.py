@@ -209,6 +209,12 @@ class CompactSpatialVLM:
             cache_dir=engine_cache_dir or None)
         self.geometry_backend = self.encoder.backend
 
+    @property
+    def inference_settings(self) -> dict:
+        """The model folder's inference settings in force (recorded with benchmark results)."""
+        return {"model_dir": str(self.model_dir), "detection_threshold": self.detection_threshold,
+                "phrase_grounding": self.phrase_grounding, "snap_to_depth": self.snap_to_depth}
+
     # ------------------------------------------------------------------ geometry
     def _encode(self, scene: SceneInput) -> _Encoded:
         out: GeometryOutput = self.encoder.encode([scene.image], [scene.camera])
