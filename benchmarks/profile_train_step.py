@@ -19,9 +19,9 @@ import torch
 
 def main(argv: list[str] | None = None) -> None:
     from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
-    from n3d_ros.sim.assets import COLOURS, KINDS
-    from n3d_ros.tools.train_compact import GpuDataset, TrainConfig, build_tokenizer, collate, step_losses
-    from n3d_ros.vlm.compact_model import CompactSpatialDecoder, CompactVLMConfig
+    from n3d_ros.tools.train_compact import (GpuDataset, TrainConfig, build_tokenizer, collate, new_decoder_config,
+                                             step_losses)
+    from n3d_ros.vlm.compact_model import CompactSpatialDecoder
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
@@ -39,10 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     tok_path = "/tmp/n3d_profile_tokenizer.json"
     tok.save(tok_path)
     enc_cfg = CompactEncoderConfig()
-    dec_cfg = CompactVLMConfig(vocab_size=tok.vocab_size, feature_dim=enc_cfg.feature_dim,
-                               grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16,
-                               kinds=tuple(KINDS) if a.dense_head else (),
-                               colours=tuple(COLOURS) if a.dense_head else ())
+    dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=a.dense_head)
     enc = CompactGeometryEncoder(enc_cfg).to(a.device)
     dec = CompactSpatialDecoder(dec_cfg).to(a.device)
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, print)

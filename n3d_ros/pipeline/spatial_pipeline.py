@@ -150,18 +150,14 @@ class SpatialPipeline:
                            geometry_source=geometry, value=spatial.value)
 
     def _scene(self, frame: CameraFrame) -> tuple[SceneInput, str]:
-        depth = None
-        geometry = f"encoder:{self.geometry_backend}"
-        if frame.depth is not None:
-            depth = np.asarray(frame.depth, dtype=np.float32)
-            if depth.shape != (frame.camera.height, frame.camera.width):
-                raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]} but the camera is "
-                                 f"{frame.camera.width}x{frame.camera.height}")
-            if np.mean(np.isfinite(depth) & (depth > 1e-3)) < 0.05:
-                depth = None  # almost no measurements: the encoder is the better source
-            else:
-                geometry = "depth"
-        return SceneInput(image=frame.image, camera=frame.camera, depth=depth), geometry
+        if frame.depth is None:
+            return SceneInput(image=frame.image, camera=frame.camera), f"encoder:{self.geometry_backend}"
+        depth = np.asarray(frame.depth, dtype=np.float32)
+        scene = SceneInput(image=frame.image, camera=frame.camera, depth=depth)  # checks the depth's size
+        if np.mean(np.isfinite(depth) & (depth > 1e-3)) < 0.05:
+            # almost no measurements: the encoder is the better source
+            return SceneInput(image=frame.image, camera=frame.camera), f"encoder:{self.geometry_backend}"
+        return scene, "depth"
 
     def close(self) -> None:
         if self.vlm is not None:

@@ -164,6 +164,15 @@ def build_tokenizer(n_scenes: int = 400) -> CompactTokenizer:
     return CompactTokenizer.build(texts)
 
 
+def new_decoder_config(tok: CompactTokenizer, enc_cfg: CompactEncoderConfig, *, dense_head: bool
+                       ) -> CompactVLMConfig:
+    """Decoder configuration of a model trained from scratch on the sim world's kinds and colours."""
+    from ..sim.assets import COLOURS, KINDS
+    return CompactVLMConfig(vocab_size=tok.vocab_size, feature_dim=enc_cfg.feature_dim,
+                            grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16,
+                            kinds=tuple(KINDS) if dense_head else (), colours=tuple(COLOURS) if dense_head else ())
+
+
 class GpuDataset:
     """Rendered images on the device plus per-scene question records.
 
@@ -423,11 +432,7 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.time()
         tok = build_tokenizer()
         log(f"tokenizer: {tok.vocab_size} tokens ({time.time() - t0:.1f} s)")
-        from ..sim.assets import COLOURS, KINDS
-        dec_cfg = CompactVLMConfig(vocab_size=tok.vocab_size, feature_dim=enc_cfg.feature_dim,
-                                   grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16,
-                                   kinds=tuple(KINDS) if cfg.dense_head else (),
-                                   colours=tuple(COLOURS) if cfg.dense_head else ())
+        dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=cfg.dense_head)
     if cfg.scene_seed_offset < 0:
         cfg = replace(cfg, scene_seed_offset=int(state.get("next_scene_seed", 0)))
     out = Path(cfg.out)

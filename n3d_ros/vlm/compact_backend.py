@@ -74,6 +74,7 @@ class _Encoded:
     valid: torch.Tensor        # (1,1,H,W) bool
     camera: CameraModel        # model-grid camera
     source: str
+    measured: tuple[np.ndarray, np.ndarray] | None = None  # depth camera's (h,w,3) points, (h,w) mask
 
 
 class _Grounder:
@@ -96,9 +97,7 @@ class _Grounder:
         valid = torch.nn.functional.avg_pool2d(enc.valid.float(), cfg.patch).flatten().cpu().numpy()
         self.has_geometry = valid > 0.05
         self.fallback_z = float(np.median(self.patch_z[self.has_geometry])) if self.has_geometry.any() else 2.0
-        self.snap = None  # measured points on the model grid, when the geometry is a depth camera's
-        if vlm.snap_to_depth and enc.source == "depth":
-            self.snap = (enc.points[0].permute(1, 2, 0).cpu().numpy(), enc.valid[0, 0].cpu().numpy())
+        self.snap = enc.measured if vlm.snap_to_depth else None
         self.dense = None
         if cfg.has_dense_head:
             heat, colour, box = self.dec.dense(state.image_out, state.geo)
@@ -235,10 +234,11 @@ class CompactSpatialVLM:
             mask = np.all(np.isfinite(points), axis=-1)
             source = "depth"
         dev = self.device
+        measured = (points, mask) if source == "depth" else None
         return _Encoded(
             features=torch.from_numpy(np.ascontiguousarray(out.features[:1], dtype=np.float32)).to(dev),
             points=torch.from_numpy(np.nan_to_num(points).transpose(2, 0, 1)[None].astype(np.float32)).to(dev),
-            valid=torch.from_numpy(mask[None, None]).to(dev), camera=cam, source=source)
+            valid=torch.from_numpy(mask[None, None]).to(dev), camera=cam, source=source, measured=measured)
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()

@@ -23,6 +23,7 @@ import numpy as np
 from ..core.box import Box3D
 from ..core.camera import CameraModel
 from ..core.frames import Frame, axis_rotation, gravity_rotation
+from ..core.question_parser import singularize
 from ..core.questions import SET_KINDS, QuerySpec, QuestionKind
 from .compact_tokenizer import CompactTokenizer
 
@@ -105,13 +106,6 @@ class ParsedOutput:
 
 
 # ------------------------------------------------------------------------- dense head
-def _singular(word: str) -> str:
-    for suffix, repl in (("ies", "y"), ("ves", "f"), ("ches", "ch"), ("shes", "sh"), ("xes", "x"), ("s", "")):
-        if word.endswith(suffix) and len(word) > len(suffix) + 1:
-            return word[: -len(suffix)] + repl
-    return word
-
-
 def phrase_class(phrase: str, kinds: Sequence[str], colours: Sequence[str]) -> tuple[int | None, int | None]:
     """(kind index, colour index) a phrase names, e.g. "the red mugs" -> (mug, red); None where it
     names none (or a word the closed world lacks)."""
@@ -122,8 +116,8 @@ def phrase_class(phrase: str, kinds: Sequence[str], colours: Sequence[str]) -> t
             colour = colours.index(w)
         elif w in kinds:
             kind = kinds.index(w)
-        elif _singular(w) in kinds:
-            kind = kinds.index(_singular(w))
+        elif singularize(w) in kinds:
+            kind = kinds.index(singularize(w))
     return kind, colour
 
 
