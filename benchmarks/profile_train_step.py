@@ -2,10 +2,14 @@
 
     python benchmarks/profile_train_step.py --device cuda --scenes 2000 --steps 60
     python benchmarks/profile_train_step.py --device cuda --dense-head true --questions-per-image 2
+    python benchmarks/profile_train_step.py --device cuda --dense-head true --compile encoder --kernels
 
 Times, per step, with the GPU synchronized around each phase (so phases do not overlap as they do
 in training): batch assembly on the CPU, forward, backward, optimizer; plus one background-refresh
 render of `refresh_fraction` of the scenes. Prints a markdown table (median ms and share of the step).
+--compile encoder runs the encoder through `torch.compile` (train_compact.compile_for_training);
+--kernels adds the GPU's busy time per step (torch.profiler): far below the step time means the
+step is bound by launching kernels, not by running them.
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ import torch
 
 def main(argv: list[str] | None = None) -> None:
     from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
-    from n3d_ros.tools.train_compact import (GpuDataset, TrainConfig, build_tokenizer, collate, new_decoder_config,
-                                             step_losses)
+    from n3d_ros.tools.train_compact import (GpuDataset, TrainConfig, build_tokenizer, collate, compile_for_training,
+                                             new_decoder_config, step_losses)
     from n3d_ros.vlm.compact_model import CompactSpatialDecoder
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -31,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--questions-per-image", type=int, default=4)
     p.add_argument("--dense-head", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--compile", choices=("none", "encoder"), default="none")
+    p.add_argument("--kernels", action="store_true", help="also report GPU busy time per step (torch.profiler)")
     a = p.parse_args(argv)
     cfg = TrainConfig(device=a.device, scenes=a.scenes, images_per_step=a.images_per_step,
                       questions_per_image=a.questions_per_image, workers=a.workers, scene_seed_offset=0,
@@ -44,20 +50,25 @@ def main(argv: list[str] | None = None) -> None:
     dec = CompactSpatialDecoder(dec_cfg).to(a.device)
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, print)
     params = list(enc.parameters()) + list(dec.parameters())
+    t_compile = time.perf_counter()
+    run_enc = compile_for_training(enc, a.compile)
     opt = torch.optim.AdamW(params, lr=1e-4, fused=a.device.startswith("cuda"))
     rng = np.random.default_rng(0)
     trng = torch.Generator(device=a.device)
     cuda = a.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     phases: dict[str, list[float]] = {"batch (CPU)": [], "forward": [], "backward": [], "optimizer": [], "step": []}
-    for i in range(a.steps + 5):
+    warm = 5 if a.compile == "none" else 15   # compiled: the first steps compile (and may recompile)
+    for i in range(a.steps + warm):
+        if i == warm:
+            t_compile = time.perf_counter() - t_compile
         sync()
         t0 = time.perf_counter()
         batch = collate(ds, rng, cfg, dec_cfg, tok)
         sync()
         t1 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss, _ = step_losses(enc, dec, ds, batch, trng, dec_cfg)
+            loss, _ = step_losses(run_enc, dec, ds, batch, trng, dec_cfg)
         sync()
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -68,9 +79,12 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         sync()
         t4 = time.perf_counter()
-        if i >= 5:  # warm-up steps excluded
+        if i >= warm:  # warm-up steps excluded
             for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                 phases[k].append(v * 1e3)
+    busy_ms = float("nan")
+    if a.kernels and cuda:
+        busy_ms = _gpu_busy_ms(lambda: _one_step(ds, rng, cfg, dec_cfg, tok, run_enc, dec, trng, opt, params), 10)
     slots = rng.choice(cfg.scenes, size=max(1, int(cfg.refresh_fraction * cfg.scenes)), replace=False)
     from n3d_ros.tools.train_compact import _make_scenes
     scenes = _make_scenes(list(range(900_000, 900_000 + len(slots))))
@@ -83,14 +97,42 @@ def main(argv: list[str] | None = None) -> None:
     step = statistics.median(phases["step"])
     name = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"\nTraining step profile on {name}: {a.images_per_step} images x {a.questions_per_image} questions, "
-          f"dense head {a.dense_head}, {a.steps} steps\n")
+          f"dense head {a.dense_head}, compile {a.compile}, {a.steps} steps\n")
     print("| phase | median ms | share of step |\n|---|---|---|")
     for k, v in phases.items():
         m = statistics.median(v)
         print(f"| {k} | {m:.1f} | {m / step:.0%} |")
     print(f"\nsteps/s (phases serialized): {1e3 / step:.1f}; refresh render of {len(slots)} scenes: "
           f"{render_ms:.0f} ms")
+    if a.compile != "none":
+        print(f"compile + warm-up: {t_compile:.0f} s")
+    if a.kernels and cuda:
+        print(f"GPU busy per step (sum of kernel times): {busy_ms:.1f} ms")
 
+
+def _one_step(ds, rng, cfg, dec_cfg, tok, enc, dec, trng, opt, params) -> None:
+    from n3d_ros.tools.train_compact import collate, step_losses
+    batch = collate(ds, rng, cfg, dec_cfg, tok)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, _ = step_losses(enc, dec, ds, batch, trng, dec_cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def _gpu_busy_ms(step, n: int) -> float:
+    """Device time of all kernels over n steps, per step (kernels only: the ops that launched
+    them report the same time again)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
+    total_us = sum(e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return total_us / 1e3 / n
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,8 @@ set -euo pipefail
 stage=${1:?stage 1 or 2}
 out=${2:-models/n3d_compact}
 common=(--device cuda --workers "${WORKERS:-14}" --scenes 16000 --images-per-step 48 --questions-per-image 4
-        --refresh-fraction 0.05 --dense-head true --minutes "${MINUTES:-8.0}" --out "$out")
+        --refresh-fraction 0.05 --dense-head true --neighbour-weight 0.5 --compile encoder
+        --minutes "${MINUTES:-8.0}" --out "$out")
 case "$stage" in
   1) python -m n3d_ros.tools.train_compact "${common[@]}" --refresh-every-steps 80 --lr 1e-3 --warmup-steps 300 ;;
   2) python -m n3d_ros.tools.train_compact "${common[@]}" --refresh-every-steps 120 --lr 5e-4 --warmup-steps 200 \

@@ -102,3 +102,21 @@ def test_iou_matrix_matches_pairwise():
             assert M[i, j] == pytest.approx(iou_3d(a, b))
     assert np.all(M[:, 3] == 0)
     assert iou_matrix([], boxes_b).shape == (0, 4)
+
+
+def _aabb(centre, size):
+    return Box3D(np.array(centre, float), np.array(size, float), np.eye(3), Frame.OPTICAL)
+
+
+def test_suppress_overlaps_drops_twins_of_comparable_size_only():
+    from n3d_ros.core.box_overlap import suppress_overlaps
+
+    desk = _aabb([0, 0, 3], [1.2, 0.75, 0.6])
+    cabinet_twin = _aabb([0.05, 0, 3], [0.8, 0.7, 0.5])     # the same object read as another kind
+    mug_inside = _aabb([0.3, 0.1, 3], [0.12, 0.1, 0.1])     # a small thing within the desk's box
+    elsewhere = _aabb([2, 0, 3], [1.0, 0.7, 0.5])
+    boxes = [desk, cabinet_twin, mug_inside, elsewhere]
+    assert suppress_overlaps(boxes, 0.5) == [0, 2, 3]
+    assert suppress_overlaps(boxes, 1.0) == [0, 1, 2, 3]          # 1 = off
+    assert suppress_overlaps(boxes, 0.5, max_volume_ratio=1000.0) == [0, 3]
+    assert suppress_overlaps([], 0.5) == []

@@ -150,7 +150,7 @@ def test_dense_head_shapes_and_old_configs_have_none():
     assert not hasattr(CompactSpatialDecoder(CompactVLMConfig(vocab_size=40)), "dense_head")
 
 
-def _grounder_with_heat(heat_np, colour_idx, threshold=0.3):
+def _grounder_with_heat(heat_np, colour_idx, threshold=0.3, overlap_nms=1.0):
     """A _Grounder over a tiny decoder whose dense head returns `heat_np` (N, K) probabilities and
     colour `colour_idx` (N, K) (a test double for the trained network's output)."""
     from types import SimpleNamespace
@@ -172,7 +172,8 @@ def _grounder_with_heat(heat_np, colour_idx, threshold=0.3):
     valid = torch.ones(1, 1, 48, 64, dtype=torch.bool)
     state, patch_pts = dec.prefill(torch.randn(1, 8, 3, 4), pts, valid, torch.tensor([[5, 6]]))
     enc = _Encoded(features=None, points=pts, valid=valid, camera=cam, source="test")
-    vlm = SimpleNamespace(dec_cfg=cfg, decoder=dec, detection_threshold=threshold, phrase_grounding="dense", snap_to_depth=False)
+    vlm = SimpleNamespace(dec_cfg=cfg, decoder=dec, detection_threshold=threshold, phrase_grounding="dense", snap_to_depth=False,
+                          overlap_nms=overlap_nms)
     scene = SceneInput(np.zeros((48, 64, 3), np.uint8), cam)
     return _Grounder(vlm, state, patch_pts, enc, scene)
 
@@ -192,6 +193,18 @@ def test_dense_detections_are_thresholded_peaks_filtered_by_phrase():
     assert [o.label for o in g.detections("red chair")] == ["red chair"]
     assert g.detections("table") == []
     assert [o.id for o in g.detections()] == ["bbox_0", "bbox_1", "bbox_2"]
+
+
+def test_overlapping_detections_of_other_kinds_are_one_object():
+    heat = np.zeros((12, len(KINDS)))
+    colour = np.zeros((12, len(KINDS)), np.int64)
+    heat[5, 1] = 0.9                         # a chair ...
+    heat[5, 2] = 0.6                         # ... that the mug map also fires on (same box here)
+    heat[11, 2] = 0.7                        # a real mug elsewhere
+    assert len(_grounder_with_heat(heat, colour).detections()) == 3                  # off: all peaks
+    g = _grounder_with_heat(heat, colour, overlap_nms=0.5)
+    assert [o.label for o in g.detections()] == ["red chair", "red mug"]
+    assert len(g.detections("mugs")) == 1     # counted after the merge: the chair is no mug
 
 
 def test_dense_grounding_picks_the_phrase_peak_not_the_strongest_object():

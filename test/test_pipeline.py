@@ -123,7 +123,8 @@ def test_depth_of_the_wrong_size_is_a_clear_error(pipe, frame):
 
 
 @pytest.mark.parametrize("inference, match", [({"detection_threshold": 1.5}, "detection_threshold"),
-                                              ({"phrase_grounding": "magic"}, "phrase_grounding")])
+                                              ({"phrase_grounding": "magic"}, "phrase_grounding"),
+                                              ({"overlap_nms": 0.0}, "overlap_nms")])
 def test_bad_inference_settings_are_load_errors(tmp_path, inference, match):
     from n3d_ros.vlm.compact_backend import CompactSpatialVLM
     for f in ("config.json", "decoder.safetensors", "tokenizer.json", "encoder.safetensors"):

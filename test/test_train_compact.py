@@ -92,3 +92,38 @@ def test_visibility_threshold_follows_the_benchmark_rule():
     assert visibility_threshold(SimpleNamespace(camera=src), grid) == pytest.approx(10.0)
     small = CameraModel.from_intrinsics(240.0, 240.0, 159.5, 119.5, 320, 240)
     assert visibility_threshold(SimpleNamespace(camera=small), grid) == pytest.approx(40.0)
+
+
+def test_dense_positives_supervise_the_centre_and_its_neighbours():
+    from n3d_ros.tools.train_compact import dense_positives
+    from n3d_ros.vlm.compact_targets import DenseTarget, GroundingTarget, heat_target
+
+    params = np.array([0.3, -0.2, 1.0, -1.0, -1.0, -1.0, 0.0, 1.0])
+    a = DenseTarget(kind=1, colour=2, target=GroundingTarget(patch=1 * 5 + 0, params=params),
+                    centre=(0.8, 1.3), sigma=0.5)                      # left edge: 6 patches around it
+    b = DenseTarget(kind=1, colour=0, target=GroundingTarget(patch=1 * 5 + 1, params=params),
+                    centre=(1.8, 1.3), sigma=0.5)                      # a same-kind twin next to it
+    heat = heat_target([a, b], 4, 5, 3)
+    rows = dense_positives([a, b], heat, 4, 5, neighbour_weight=0.5)
+    assert rows.shape[1] == 12
+    of_a = rows[rows[:, 2] == 2]
+    assert len(of_a) == 5                      # 6 in the grid, minus b's centre
+    centre = of_a[of_a[:, 0] == 5][0]
+    assert centre[3] == 1.0 and np.allclose(centre[4:], params)
+    below = of_a[of_a[:, 0] == 10][0]          # one row down: the centre is a patch up from it
+    assert below[3] == 0.5 and np.isclose(below[5], -1.0) and np.isclose(below[4], 0.3)
+    assert len(dense_positives([a], heat, 4, 5, neighbour_weight=0.0)) == 1
+
+
+def test_compile_option_is_checked_and_none_keeps_the_module():
+    from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
+    from n3d_ros.tools.train_compact import compile_for_training
+
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(compile="everything")
+    with pytest.raises(ValueError, match="neighbour_weight"):
+        TrainConfig(neighbour_weight=2.0)
+    enc = CompactGeometryEncoder(CompactEncoderConfig())
+    assert compile_for_training(enc, "none") is enc
+    with pytest.raises(ValueError, match="compile"):
+        compile_for_training(enc, "all")

@@ -107,7 +107,7 @@ def resample(image: np.ndarray, out_to_in: PixelTransform, out_width: int, out_h
     src = img
     sx_in, sy_in = out_to_in.sx, out_to_in.sy  # input pixels per output pixel
     if interpolation == "linear" and (sx_in >= 2.0 or sy_in >= 2.0):
-        src = _box_blur(img.astype(np.float64), max(1, int(sx_in)), max(1, int(sy_in)))
+        src = _box_blur(img.astype(np.float64, copy=False), max(1, int(sx_in)), max(1, int(sy_in)))
     u = np.arange(out_width, dtype=np.float64) * out_to_in.sx + out_to_in.tx
     v = np.arange(out_height, dtype=np.float64) * out_to_in.sy + out_to_in.ty
     if interpolation == "nearest":
@@ -131,9 +131,10 @@ def resample(image: np.ndarray, out_to_in: PixelTransform, out_width: int, out_h
         if src.ndim == 3:
             wu = wu[..., None]
             wv = wv[..., None]
-        s = src.astype(np.float64)
-        top = s[v0][:, u0] * (1 - wu) + s[v0][:, u1] * wu
-        bot = s[v1][:, u0] * (1 - wu) + s[v1][:, u1] * wu
+        s = src.astype(np.float64, copy=False)
+        rows0, rows1 = s[v0], s[v1]          # gather rows once, then columns from each
+        top = rows0[:, u0] * (1 - wu) + rows0[:, u1] * wu
+        bot = rows1[:, u0] * (1 - wu) + rows1[:, u1] * wu
         out = top * (1 - wv) + bot * wv
         valid = oky[:, None] & okx[None, :]
     else:

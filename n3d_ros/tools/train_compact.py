@@ -37,13 +37,15 @@ from ..geometry.checkpoint_io import load_safetensors, save_safetensors
 from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
 from ..geometry.preprocess import model_grid_transform
 from ..vlm.compact_backend import encoder_config
-from ..vlm.compact_model import CompactSpatialDecoder, CompactVLMConfig
+from ..vlm.compact_model import BOX_PARAMS, CompactSpatialDecoder, CompactVLMConfig
 from ..vlm.compact_targets import box_to_target, dense_target, heat_target, output_tokens
 from ..vlm.compact_tokenizer import CompactTokenizer
 from .eval_spatial import HELD_OUT_FIRST_SEED
 
 STATE_FILE = "training_state.json"
 BOX_WEIGHTS = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.3, 0.3])
+# Dense head: weight of the 8 patches around an object's centre in the colour and box losses.
+NEIGHBOUR_WEIGHT = 0.5
 
 
 @dataclass
@@ -68,6 +70,14 @@ class TrainConfig:
     seed: int = 0
     export_onnx: bool = True
     dense_head: bool = True          # per-patch heat map / colour / box head (the shipped model has it)
+    neighbour_weight: float = NEIGHBOUR_WEIGHT  # dense head: weight of the 8 patches around a centre
+    compile: str = "none"            # torch.compile: none | encoder (see compile_for_training)
+
+    def __post_init__(self) -> None:
+        if self.compile not in ("none", "encoder"):
+            raise ValueError(f"compile must be none or encoder, got {self.compile!r}")
+        if not 0.0 <= self.neighbour_weight <= 1.0:
+            raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -93,7 +103,7 @@ def _grid_setup(scene, enc_cfg: CompactEncoderConfig):
 def _question_records(args):
     """Worker: questions of one scene -> (token and grounding-target records, dense-head heat-map
     target (N, kinds) with -1 where ignored, dense-head positives) (numpy only)."""
-    scene, cam, visible, marginal, tok_path, dec_cfg, n, seed = args
+    scene, cam, visible, marginal, tok_path, dec_cfg, n, seed, neighbour_weight = args
     from ..sim.questions import make_questions
     tok = CompactTokenizer.load(tok_path)
     rng = np.random.default_rng(seed)
@@ -126,17 +136,41 @@ def _question_records(args):
             if t is not None:
                 (targets if i in visible else ignored).append(t)
     heat = np.zeros((0, 0), np.float16)
-    positives = np.zeros((0, 11), np.float32)          # patch, kind, colour, 8 box parameters
+    positives = np.zeros((0, 4 + BOX_PARAMS), np.float32)
     if dense:
         heat = heat_target(targets, dec_cfg.grid_h, dec_cfg.grid_w, len(dec_cfg.kinds))
         for t in ignored:                               # a sliver: neither object nor background
             if heat[t.target.patch, t.kind] < 1.0:
                 heat[t.target.patch, t.kind] = -1.0
+        positives = dense_positives(targets, heat, dec_cfg.grid_h, dec_cfg.grid_w, neighbour_weight)
         heat = heat.astype(np.float16)
-        if targets:
-            positives = np.array([[t.target.patch, t.kind, t.colour, *t.target.params] for t in targets],
-                                 np.float32)
     return records, heat, positives
+
+
+def dense_positives(targets, heat: np.ndarray, grid_h: int, grid_w: int,
+                    neighbour_weight: float = NEIGHBOUR_WEIGHT) -> np.ndarray:
+    """Rows (patch, kind, colour, weight, 8 box parameters) that supervise the dense colour and
+    box outputs: each object's centre patch (weight 1) and its 8 neighbours (`neighbour_weight`),
+    so a heat peak one patch off still reads a trained box. A neighbour's offset is re-expressed
+    from its own centre (clipped to the head's +-1 patch); neighbours that are another object's
+    centre of the same kind are left to that object."""
+    rows = []
+    for t in targets:
+        r0, c0 = divmod(t.target.patch, grid_w)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                r, c = r0 + dr, c0 + dc
+                if not (0 <= r < grid_h and 0 <= c < grid_w):
+                    continue
+                patch = r * grid_w + c
+                centre = dr == 0 and dc == 0
+                if not centre and (neighbour_weight <= 0 or heat[patch, t.kind] >= 1.0):
+                    continue
+                params = t.target.params.copy()
+                params[0] = np.clip(params[0] - dc, -1.0, 1.0)
+                params[1] = np.clip(params[1] - dr, -1.0, 1.0)
+                rows.append([patch, t.kind, t.colour, 1.0 if centre else neighbour_weight, *params])
+    return np.array(rows, np.float32).reshape(-1, 4 + BOX_PARAMS)
 
 
 def visibility_threshold(scene, grid_camera, *, min_pixels: int = 40, max_width: int = 640) -> float:
@@ -245,7 +279,7 @@ class GpuDataset:
                 visible = visible_objects(sc, instance, min_pixels=thr)
                 marginal = marginal_objects(sc, instance, min_pixels=thr)
                 jobs.append((sc, c, visible, marginal, self.tok_path, self.dec_cfg, cfg.questions_per_scene,
-                             cfg.seed * 7919 + sc.seed))
+                             cfg.seed * 7919 + sc.seed, cfg.neighbour_weight))
         return jobs
 
     def refresh(self, rng: np.random.Generator) -> None:
@@ -325,19 +359,22 @@ def collate(ds: GpuDataset, rng: np.random.Generator, cfg: TrainConfig, dec_cfg:
         heat = np.stack([ds.heat[i] for i in img_idx]).astype(np.float32)          # (Bi,N,K)
         pos = [np.concatenate([np.full((len(ds.positives[img_idx[b]]), 1), r, np.float32), ds.positives[img_idx[b]]],
                               axis=1) for r, (b, _) in enumerate(rows)]
-        pos = np.concatenate(pos) if pos else np.zeros((0, 12), np.float32)         # row, patch, kind, colour, 8
-        dense = (t(heat), t(pos[:, :4].astype(np.int64)), t(pos[:, 4:].astype(np.float32)))
+        pos = np.concatenate(pos) if pos else np.zeros((0, 5 + BOX_PARAMS), np.float32)  # row + dense_positives
+        dense = (t(heat), t(pos[:, :4].astype(np.int64)), t(pos[:, 4]), t(pos[:, 5:].astype(np.float32)))
     return (torch.from_numpy(img_idx).to(cfg.device), t(image_index), t(q_ids), t(q_pad), t(out_in), t(out_tgt),
             t(region), t(np.array(g_row, np.int64)), t(np.array(g_pos, np.int64)), t(np.array(g_patch, np.int64)),
             t(np.array(g_params, np.float32).reshape(-1, 8)), dense)
 
 
 # ----------------------------------------------------------------------------- losses
-def _box_loss(pred: torch.Tensor, params: torch.Tensor, patch_z: torch.Tensor) -> torch.Tensor:
-    """Smooth-L1 on the 8 box parameters; the depth target is taken relative to the patch's depth."""
+def _box_loss(pred: torch.Tensor, params: torch.Tensor, patch_z: torch.Tensor,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Smooth-L1 on the 8 box parameters (a weighted mean over rows when `weight` is given); the
+    depth target is taken relative to the patch's depth."""
     tgt = params.clone()
     tgt[:, 2] = tgt[:, 2] - torch.log(patch_z.clamp_min(0.05))
-    return (F.smooth_l1_loss(pred, tgt, reduction="none", beta=0.05) * BOX_WEIGHTS.to(pred.device)).sum(-1).mean()
+    per_row = (F.smooth_l1_loss(pred, tgt, reduction="none", beta=0.05) * BOX_WEIGHTS.to(pred.device)).sum(-1)
+    return per_row.mean() if weight is None else (per_row * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
 def _heat_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -394,19 +431,33 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
         total = total + ptr_loss + box_loss
         stats.update(ptr=ptr_loss, ptr_acc=(ptr.argmax(-1) == g_patch).float().mean(), box=box_loss)
     if dense is not None:
-        heat_tgt, pos_idx, pos_params = dense
+        heat_tgt, pos_idx, pos_weight, pos_params = dense
         heat_logit, colour_logit, dense_box = dec.dense(out["image_out"], out["geo"])
         heat_loss = _heat_focal_loss(heat_logit.float(), heat_tgt[image_index])
         total = total + heat_loss
         stats["heat"] = heat_loss
         if len(pos_idx):
             r, patch, kind, colour = pos_idx.unbind(-1)
-            colour_loss = F.cross_entropy(colour_logit[r, patch, kind].float(), colour)
-            dbox_loss = _box_loss(dense_box[r, patch, kind].float(), pos_params, out["patch_points"][r, patch, 2])
+            colour_ce = F.cross_entropy(colour_logit[r, patch, kind].float(), colour, reduction="none")
+            colour_loss = (colour_ce * pos_weight).sum() / pos_weight.sum().clamp_min(1e-6)
+            dbox_loss = _box_loss(dense_box[r, patch, kind].float(), pos_params, out["patch_points"][r, patch, 2],
+                                  pos_weight)
             total = total + 0.5 * colour_loss + dbox_loss
             stats.update(colour=colour_loss, dbox=dbox_loss)
     # Detached device tensors: reading them (.item()) every step would stall the GPU queue.
     return total, {k: v.detach().float() for k, v in stats.items()}
+
+
+def compile_for_training(enc: CompactGeometryEncoder, what: str):
+    """The encoder as step_losses should call it: itself ("none") or through `torch.compile`
+    ("encoder": its input shape never changes, so one graph; -19 % step time on an H200).
+
+    The decoder stays eager: its shapes change every step, and compiling it with dynamic shapes
+    failed inside inductor on torch 2.11 (benchmarks/results/profile_train_step.md).
+    """
+    if what not in ("none", "encoder"):
+        raise ValueError(f"compile must be none or encoder, got {what!r}")
+    return enc if what == "none" else torch.compile(enc)
 
 
 # ----------------------------------------------------------------------------- run
@@ -448,6 +499,7 @@ def train(cfg: TrainConfig) -> dict:
         f"decoder {sum(p.numel() for p in dec.parameters()) / 1e6:.2f} M params")
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, log)
     params = list(enc.parameters()) + list(dec.parameters())
+    run_enc = compile_for_training(enc, cfg.compile)   # same parameters, compiled kernels
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
                             fused=cfg.device.startswith("cuda"))
     if cfg.resume and (Path(cfg.resume) / "optimizer.safetensors").is_file():
@@ -471,7 +523,7 @@ def train(cfg: TrainConfig) -> dict:
             ds.refresh(rng)
         batch = collate(ds, rng, cfg, dec_cfg, tok)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            loss, stats = step_losses(enc, dec, ds, batch, trng, dec_cfg)
+            loss, stats = step_losses(run_enc, dec, ds, batch, trng, dec_cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..core.box import Box3D
+from ..core.box_overlap import suppress_overlaps
 from ..core.box_refine import snap_to_depth
 from ..core.camera import CameraModel
 from ..core.objects import GroundedObject
@@ -34,6 +36,7 @@ LOG = logging.getLogger("n3d_ros.vlm")
 REQUIRED_FILES = ("config.json", "decoder.safetensors", "tokenizer.json")
 FORMAT = "n3d_compact"
 DEFAULT_DETECTION_THRESHOLD = 0.3
+DEFAULT_OVERLAP_NMS = 1.0   # 3D IoU above which a weaker detection of another kind is dropped; 1 = off
 
 
 def default_model_dir() -> Path:
@@ -91,6 +94,7 @@ class _Grounder:
         cfg = vlm.dec_cfg
         self.dec, self.cfg, self.state, self.enc, self.scene = vlm.decoder, cfg, state, enc, scene
         self.threshold = vlm.detection_threshold
+        self.overlap_nms = vlm.overlap_nms
         self.phrase_grounding = vlm.phrase_grounding
         self.up = state.up[0].double().cpu().numpy()                       # (3,) optical frame
         self.patch_z = patch_pts[0, :, 2].cpu().numpy()                    # (N,) metres
@@ -104,8 +108,15 @@ class _Grounder:
             self.dense = (torch.sigmoid(heat[0].float()), colour[0].float().log_softmax(-1), box[0].float())
 
     def _object(self, patch: int, params: np.ndarray, label: str, score: float, index: int) -> GroundedObject:
+        return self._finish(self._raw_box(patch, params), label, score, index)
+
+    def _raw_box(self, patch: int, params: np.ndarray) -> Box3D:
+        """The head's box at `patch` (model-grid optical frame), before depth snapping."""
         z_ref = float(self.patch_z[patch]) if self.has_geometry[patch] else self.fallback_z
-        box = target_to_box(patch, params, z_ref, self.enc.camera, self.up, self.cfg.grid_w, self.cfg.patch)
+        return target_to_box(patch, params, z_ref, self.enc.camera, self.up, self.cfg.grid_w, self.cfg.patch)
+
+    def _finish(self, box: Box3D, label: str, score: float, index: int) -> GroundedObject:
+        """Snap to measured depth (when there is some) and attach the source-image 2D box."""
         if self.snap is not None:
             box = snap_to_depth(box, *self.snap, self.enc.camera)
         b2d = box.project_2d(self.scene.camera)
@@ -144,7 +155,12 @@ class _Grounder:
 
     def detections(self, phrase: str = "") -> list[GroundedObject]:
         """Every object the dense head sees (heat-map peaks above the threshold), left to right,
-        restricted to the kind/colour `phrase` names ("" = all)."""
+        restricted to the kind/colour `phrase` names ("" = all).
+
+        Peaks of different kinds on one object (a ball and a mug heat map both firing on a mug)
+        are one object: boxes overlapping a stronger one by more than `overlap_nms` 3D IoU are
+        dropped before the phrase filter, so "how many balls?" does not count the mug.
+        """
         heat, colours, box = self.dense
         cfg = self.cfg
         kind, colour = phrase_class(phrase, cfg.kinds, cfg.colours) if phrase else (None, None)
@@ -153,13 +169,14 @@ class _Grounder:
         keep = (peak & (grid >= self.threshold))[0].flatten(1)            # (K, N)
         found = []
         for k, n in keep.nonzero().tolist():
-            c = int(torch.argmax(colours[n, k]))
-            if (kind is not None and k != kind) or (colour is not None and c != colour):
-                continue
-            found.append((n, k, c, float(heat[n, k])))
+            found.append((n, k, int(torch.argmax(colours[n, k])), float(heat[n, k])))
         found.sort(key=lambda f: -f[3])
-        objects = [self._object(n, box[n, k].double().cpu().numpy(), f"{cfg.colours[c]} {cfg.kinds[k]}", s, i)
-                   for i, (n, k, c, s) in enumerate(found)]
+        # Suppress and filter on the head's boxes: only the survivors pay for snapping.
+        boxes = [self._raw_box(n, box[n, k].double().cpu().numpy()) for n, k, _, _ in found]
+        kept = [i for i in suppress_overlaps(boxes, self.overlap_nms)
+                if (kind is None or found[i][1] == kind) and (colour is None or found[i][2] == colour)]
+        objects = [self._finish(boxes[i], f"{cfg.colours[found[i][2]]} {cfg.kinds[found[i][1]]}", found[i][3], j)
+                   for j, i in enumerate(kept)]
         objects.sort(key=lambda o: float(self.enc.camera.project(o.box.center[None])[0, 0]))
         return [replace(o, id=f"bbox_{i}") for i, o in enumerate(objects)]
 
@@ -186,9 +203,14 @@ class CompactSpatialVLM:
         self.phrase_grounding = inference.get("phrase_grounding", "dense")
         # With measured depth, move each box along its ray onto the surface it sees (core.box_refine).
         self.snap_to_depth = bool(inference.get("snap_to_depth", True))
+        # Detections of different kinds overlapping by more than this 3D IoU are one object.
+        self.overlap_nms = inference.get("overlap_nms", DEFAULT_OVERLAP_NMS)
         if not isinstance(self.detection_threshold, (int, float)) or not 0.0 < self.detection_threshold < 1.0:
             raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.detection_threshold must be in "
                                  f"(0, 1), got {self.detection_threshold!r}")
+        if not isinstance(self.overlap_nms, (int, float)) or not 0.0 < self.overlap_nms <= 1.0:
+            raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.overlap_nms must be in (0, 1], "
+                                 f"got {self.overlap_nms!r}")
         if self.phrase_grounding not in ("dense", "pointer"):
             raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.phrase_grounding must be 'dense' or "
                                  f"'pointer', got {self.phrase_grounding!r}")
@@ -212,7 +234,8 @@ class CompactSpatialVLM:
     def inference_settings(self) -> dict:
         """The model folder's inference settings in force (recorded with benchmark results)."""
         return {"model_dir": str(self.model_dir), "detection_threshold": self.detection_threshold,
-                "phrase_grounding": self.phrase_grounding, "snap_to_depth": self.snap_to_depth}
+                "phrase_grounding": self.phrase_grounding, "snap_to_depth": self.snap_to_depth,
+                "overlap_nms": self.overlap_nms}
 
     # ------------------------------------------------------------------ geometry
     def _encode(self, scene: SceneInput) -> _Encoded:
