@@ -99,3 +99,12 @@ def test_onnxruntime_matches_torch_on_compact_encoder(assets):
     rel = np.linalg.norm(ort.points[both] - ref.points[both]) / np.linalg.norm(ref.points[both])
     assert rel < 1e-5
     np.testing.assert_allclose(ort.features, ref.features, rtol=1e-4, atol=1e-4)
+
+
+def test_onnxruntime_workers_do_not_spin_between_runs():
+    """Spinning ORT workers would hold the cores the PyTorch decoder needs right after encoding."""
+    from n3d_ros.geometry.backends import OrtRunner
+    from n3d_ros.vlm.compact_backend import default_model_dir
+    runner = OrtRunner(default_model_dir() / "encoder.onnx", device="cpu")
+    opts = runner.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"

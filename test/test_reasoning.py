@@ -42,6 +42,11 @@ def test_gap_closest_surfaces_and_touching():
     assert "0.70 m" in a.text
     touching = ask(K.GAP, [MUG, obj((0.2, 0, 2), (0.2, 0.2, 0.2), "box", 2)])
     assert touching.value == 0.0 and "touches or overlaps" in touching.text
+    # MUG spans x in [-0.1, 0.1] (see the 0.7 m gap above): 5 mm away touches, 2 cm away does not.
+    near = ask(K.GAP, [MUG, obj((0.205, 0, 2), (0.2, 0.2, 0.2), "box", 2)])
+    assert near.value == 0.0 and "touches" in near.text and "under 1 cm" in near.reasoning
+    apart = ask(K.GAP, [MUG, obj((0.22, 0, 2), (0.2, 0.2, 0.2), "box", 2)])
+    assert apart.value == pytest.approx(0.02)
 
 
 def test_distance_to_camera():

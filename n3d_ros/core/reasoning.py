@@ -19,7 +19,8 @@ up or down), and the level right r = f x up.
 Semantics:
     LOCATE             A's centre; value = metres from the camera to A's centre (text gives x, up, z).
     DISTANCE           |c_B - c_A| (centres); the trace adds the closest-surface distance.
-    GAP                closest-surface distance of the solid boxes (0 if they touch or overlap).
+    GAP                closest-surface distance of the solid boxes; 0 if they touch, overlap, or are
+                       closer than CONTACT_M (a box cannot resolve a finer gap: a mug on a table).
     DISTANCE_TO_CAMERA |c_A|; the trace adds z (along the optical axis) and the nearest surface.
     HEIGHT             extent along `up` of `Box3D.gravity_aligned(up)`.
     WIDTH              the horizontal extent of that box whose axis is most parallel to the camera's
@@ -55,6 +56,7 @@ from .questions import PAIRWISE_KINDS, SINGLE_KINDS, QuerySpec, QuestionKind
 
 AnswerValue = float | int | str | bool
 _SAME_SPOT = 1e-9  # metres: horizontal offsets below this count as none (CLOCK)
+CONTACT_M = 0.01   # metres: closer surfaces than this touch (GAP)
 
 
 class ReasoningError(ValueError):
@@ -234,11 +236,14 @@ def _distance(c: _Ctx) -> Answer:
 
 def _gap(c: _Ctx) -> Answer:
     pa, pb = closest_points(c.objects[0].box, c.objects[1].box)
-    gap = float(np.linalg.norm(pb - pa))
+    surface = float(np.linalg.norm(pb - pa))
+    gap = surface if surface >= CONTACT_M else 0.0
     centre = float(np.linalg.norm(c.centre(1) - c.centre(0)))
+    contact = ("" if surface >= CONTACT_M else "  (the boxes touch or overlap)" if surface == 0
+               else f"  (under {CONTACT_M * 100:g} cm: they touch)")
     lines = c.header(0, 1) + [
         f"closest points: {_vec(pa)} on A, {_vec(pb)} on B",
-        f"gap = |{_vec(pb - pa)}| = {gap:.3f} m" + ("  (the boxes touch or overlap)" if gap == 0 else ""),
+        f"gap = |{_vec(pb - pa)}| = {surface:.3f} m" + contact,
         f"for reference, centre to centre: {centre:.3f} m"]
     if gap == 0:
         text = f"{c.name(0, True)} touches or overlaps {c.name(1)} (gap 0.00 m)."

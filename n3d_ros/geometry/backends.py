@@ -211,6 +211,9 @@ class OrtRunner:
         opts = ort.SessionOptions()
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
+        # ORT's idle worker threads spin after each run by default; the PyTorch decoder runs right
+        # after the encoder on the same cores and would wait for them.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), sess_options=opts,
                                             providers=ort_providers(device, cache_dir=cache_dir,
                                                                     precision=precision))
