@@ -18,7 +18,7 @@ from .frames import Frame
 
 def snap_to_depth(box: Box3D, points: np.ndarray, mask: np.ndarray, camera: CameraModel, *,
                   core: float = 0.7, min_points: int = 12, max_shift: float = 0.5,
-                  front_percentile: float = 3.0) -> Box3D:
+                  front_percentile: float = 1.0) -> Box3D:
     """`box` (optical frame of `camera`) moved along its centre's ray so that its front face lies at the
     `front_percentile` depth of the measured `points` ((H, W, 3), valid where `mask`) in the central
     `core` fraction of its 2D footprint, and not in front of the box's own reach (occluders are
