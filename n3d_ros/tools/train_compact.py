@@ -450,7 +450,7 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
 
 def compile_for_training(enc: CompactGeometryEncoder, what: str):
     """The encoder as step_losses should call it: itself ("none") or through `torch.compile`
-    ("encoder": its input shape never changes, so one graph; -19 % step time on an H200).
+    ("encoder": its input shape never changes, so one graph; -13 % step time on an H100, -19 % on an H200).
 
     The decoder stays eager: its shapes change every step, and compiling it with dynamic shapes
     failed inside inductor on torch 2.11 (benchmarks/results/profile_train_step.md).

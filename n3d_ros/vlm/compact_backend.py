@@ -36,7 +36,7 @@ LOG = logging.getLogger("n3d_ros.vlm")
 REQUIRED_FILES = ("config.json", "decoder.safetensors", "tokenizer.json")
 FORMAT = "n3d_compact"
 DEFAULT_DETECTION_THRESHOLD = 0.3
-DEFAULT_OVERLAP_NMS = 1.0   # 3D IoU above which a weaker detection of another kind is dropped; 1 = off
+DEFAULT_OVERLAP_NMS = 1.0   # fraction of the smaller box shared above which the weaker goes; 1 = off
 
 
 def default_model_dir() -> Path:
@@ -158,8 +158,9 @@ class _Grounder:
         restricted to the kind/colour `phrase` names ("" = all).
 
         Peaks of different kinds on one object (a ball and a mug heat map both firing on a mug)
-        are one object: boxes overlapping a stronger one by more than `overlap_nms` 3D IoU are
-        dropped before the phrase filter, so "how many balls?" does not count the mug.
+        are one object: a box sharing more than `overlap_nms` of its volume with a stronger box of
+        comparable size is dropped (core.box_overlap.suppress_overlaps) before the phrase filter, so
+        "how many balls?" does not count the mug.
         """
         heat, colours, box = self.dense
         cfg = self.cfg
@@ -203,7 +204,7 @@ class CompactSpatialVLM:
         self.phrase_grounding = inference.get("phrase_grounding", "dense")
         # With measured depth, move each box along its ray onto the surface it sees (core.box_refine).
         self.snap_to_depth = bool(inference.get("snap_to_depth", True))
-        # Detections of different kinds overlapping by more than this 3D IoU are one object.
+        # Detections sharing more than this fraction of the smaller one's volume are one object.
         self.overlap_nms = inference.get("overlap_nms", DEFAULT_OVERLAP_NMS)
         if not isinstance(self.detection_threshold, (int, float)) or not 0.0 < self.detection_threshold < 1.0:
             raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.detection_threshold must be in "
