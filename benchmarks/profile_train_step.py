@@ -24,7 +24,7 @@ import torch
 def main(argv: list[str] | None = None) -> None:
     from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
     from n3d_ros.tools.train_compact import (GpuDataset, TrainConfig, build_tokenizer, collate, compile_for_training,
-                                             new_decoder_config, step_losses)
+                                             new_decoder_config, step_losses, train_step)
     from n3d_ros.vlm.compact_model import CompactSpatialDecoder
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
                 phases[k].append(v * 1e3)
     busy_ms = float("nan")
     if a.kernels and cuda:
-        busy_ms = _gpu_busy_ms(lambda: _one_step(ds, rng, cfg, dec_cfg, tok, run_enc, dec, trng, opt, params), 10)
+        busy_ms = _gpu_busy_ms(lambda: train_step(run_enc, dec, ds, collate(ds, rng, cfg, dec_cfg, tok), trng,
+                                                  dec_cfg, opt, params, amp=True), 10)
     slots = rng.choice(cfg.scenes, size=max(1, int(cfg.refresh_fraction * cfg.scenes)), replace=False)
     from n3d_ros.tools.train_compact import _make_scenes
     scenes = _make_scenes(list(range(900_000, 900_000 + len(slots))))
@@ -110,17 +111,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"GPU busy per step (sum of kernel times): {busy_ms:.1f} ms")
 
 
-def _one_step(ds, rng, cfg, dec_cfg, tok, enc, dec, trng, opt, params) -> None:
-    from n3d_ros.tools.train_compact import collate, step_losses
-    batch = collate(ds, rng, cfg, dec_cfg, tok)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss, _ = step_losses(enc, dec, ds, batch, trng, dec_cfg)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-
-
 def _gpu_busy_ms(step, n: int) -> float:
     """Device time of all kernels over n steps, per step (kernels only: the ops that launched
     them report the same time again)."""
@@ -133,6 +123,7 @@ def _gpu_busy_ms(step, n: int) -> float:
     print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
     total_us = sum(e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA)
     return total_us / 1e3 / n
+
 
 if __name__ == "__main__":
     main()

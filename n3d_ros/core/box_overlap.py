@@ -150,7 +150,6 @@ def iou_matrix(boxes_a: Sequence[Box3D], boxes_b: Sequence[Box3D]) -> np.ndarray
     return out
 
 
-
 def suppress_overlaps(boxes: Sequence[Box3D], max_overlap: float, *, max_volume_ratio: float = 30.0) -> list[int]:
     """Greedy non-maximum suppression: indices of `boxes` (best first, one frame) kept.
 

@@ -168,12 +168,14 @@ class _Grounder:
         grid = heat.T.reshape(1, len(cfg.kinds), cfg.grid_h, cfg.grid_w)
         peak = grid == torch.nn.functional.max_pool2d(grid, 3, stride=1, padding=1)
         keep = (peak & (grid >= self.threshold))[0].flatten(1)            # (K, N)
-        found = []
-        for k, n in keep.nonzero().tolist():
-            found.append((n, k, int(torch.argmax(colours[n, k])), float(heat[n, k])))
-        found.sort(key=lambda f: -f[3])
+        ks, ns = keep.nonzero().unbind(-1)
+        # One device-to-host copy per output, not one per peak (each would wait for the GPU).
+        scores = heat[ns, ks].cpu().tolist()
+        params = box[ns, ks].double().cpu().numpy()
+        found = sorted(zip(ns.tolist(), ks.tolist(), colours[ns, ks].argmax(-1).cpu().tolist(), scores, params),
+                       key=lambda f: -f[3])
         # Suppress and filter on the head's boxes: only the survivors pay for snapping.
-        boxes = [self._raw_box(n, box[n, k].double().cpu().numpy()) for n, k, _, _ in found]
+        boxes = [self._raw_box(n, prm) for n, _, _, _, prm in found]
         kept = [i for i in suppress_overlaps(boxes, self.overlap_nms)
                 if (kind is None or found[i][1] == kind) and (colour is None or found[i][2] == colour)]
         objects = [self._finish(boxes[i], f"{cfg.colours[found[i][2]]} {cfg.kinds[found[i][1]]}", found[i][3], j)
