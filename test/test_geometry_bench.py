@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end on CPU with --quick and writes a table and JSON."""
+"""The benchmark scripts run end to end on CPU (quick settings) and print their tables."""
 import importlib.util
 import json
 import sys
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def _load_bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_geometry.py"
-    spec = importlib.util.spec_from_file_location("bench_geometry", path)
+def _load_bench(name: str = "bench_geometry"):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
@@ -27,3 +27,12 @@ def test_quick_bench_cpu(tmp_path, capsys):
     for r in rows:
         assert np.isfinite(r["median_ms"]) and r["median_ms"] > 0, r
         assert r["rel_err"] < 1e-2, r
+
+
+def test_preprocess_bench_prints_one_row_per_camera(capsys):
+    bench = _load_bench("bench_preprocess")
+    bench.main(["--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "fx" in line]
+    assert len(rows) == len(bench.CAMERAS)
+    for row in rows:
+        assert all(float(c) > 0 for c in row.strip("| ").split(" | ")[1:]), row

@@ -31,6 +31,22 @@ def test_module_shapes_bounds_and_rays():
     torch.testing.assert_close(pts[:, :2], rays * z[:, None])  # points lie on the given rays
 
 
+def test_fine_features_add_the_stride8_map_to_the_tokens():
+    torch.manual_seed(0)
+    coarse = CompactGeometryEncoder(CompactEncoderConfig()).eval()
+    fine = CompactGeometryEncoder(CompactEncoderConfig(fine_features=True)).eval()
+    assert coarse.fine is None and fine.fine.stride == (2, 2)
+    fine.load_state_dict(coarse.state_dict(), strict=False)   # all but the fine conv
+    img, rays = torch.rand(1, 3, 96, 128), torch.randn(1, 2, 96, 128) * 0.5
+    with torch.no_grad():
+        ref = coarse(img, rays)[2]
+        out = fine(img, rays)[2]
+        assert out.shape == ref.shape and not torch.allclose(out, ref)
+        fine.fine.weight.zero_()
+        fine.fine.bias.zero_()
+        torch.testing.assert_close(fine(img, rays)[2], ref)   # the fine map is added, nothing else changes
+
+
 def test_config_rejects_bad_grid():
     with pytest.raises(ValueError, match="multiples of 16"):
         CompactEncoderConfig(in_width=100)

@@ -10,8 +10,9 @@ from n3d_ros.geometry.export_onnx import export_onnx, file_sha256, onnx_sha256, 
 
 NAMES_IN, NAMES_OUT = ("image", "rays"), ("points", "mask_logits", "features")
 # a narrow, shallow encoder: export cost is per op, and the ops are the same as the full one's
+# (stride-8 fine features included, as in the shipped model)
 CFG = CompactEncoderConfig(in_width=128, in_height=96, widths=(8, 8, 16, 16), depths=(1, 1, 1, 1),
-                           decoder_dim=8, feature_dim=8)
+                           decoder_dim=8, feature_dim=8, fine_features=True)
 
 
 def _example(b=1, h=96, w=128):

@@ -134,3 +134,47 @@ def test_bad_inference_settings_are_load_errors(tmp_path, inference, match):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match=match):
         CompactSpatialVLM(tmp_path, device="cpu")
+
+
+def test_questions_about_one_frame_encode_it_once(pipe, frame):
+    vlm = pipe.vlm
+    calls = []
+    real = vlm._encode_frame
+
+    def counting(scene):
+        calls.append(scene)
+        return real(scene)
+
+    vlm._encode_frame = counting
+    try:
+        cf = CameraFrame(image=frame.rgb, camera=frame.camera, depth=frame.depth)
+        a = pipe.query(cf, "Where is the red cabinet?")
+        b = pipe.query(CameraFrame(image=frame.rgb.copy(), camera=frame.camera, depth=frame.depth.copy()),
+                       "Where is the red cabinet?")
+        assert len(calls) <= 1 and a.answer == b.answer         # same content, even as new arrays
+        pipe.query(CameraFrame(image=frame.rgb, camera=frame.camera), "Where is the red cabinet?")
+        changed = frame.rgb.copy()
+        changed[5, 7, 1] ^= 1                                       # one value of one pixel
+        pipe.query(CameraFrame(image=changed, camera=frame.camera), "Where is the red cabinet?")
+        assert len(calls) == 3                                      # without depth, then a new image
+        vlm.encode_cache = False
+        pipe.query(CameraFrame(image=changed, camera=frame.camera), "Where is the red cabinet?")
+        assert len(calls) == 4
+    finally:
+        vlm._encode_frame = real
+        vlm.encode_cache = True
+
+
+def test_scene_content_key_sees_camera_and_arrays():
+    from n3d_ros.core.camera import CameraModel
+    from n3d_ros.vlm.contract import SceneInput
+    img = np.zeros((4, 6, 3), np.uint8)
+    cam = CameraModel.from_intrinsics(5.0, 5.0, 2.5, 1.5, 6, 4)
+    key = SceneInput(img, cam).content_key()
+    assert SceneInput(img.copy(), cam).content_key() == key
+    assert SceneInput(img, CameraModel.from_intrinsics(5.5, 5.0, 2.5, 1.5, 6, 4)).content_key() != key
+    assert SceneInput(img, cam, depth=np.ones((4, 6), np.float32)).content_key() != key
+    assert SceneInput(img[:, ::-1], cam).content_key() == key          # same values, another layout
+    other = img.copy()
+    other[0, 0, 0] = 1
+    assert SceneInput(other, cam).content_key() != key

@@ -1,8 +1,11 @@
 """The training script end to end on CPU (tiny): data, refresh, a few steps, a loadable model folder."""
 import json
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from n3d_ros.tools.train_compact import GpuDataset, TrainConfig, train
 
@@ -11,7 +14,7 @@ def _log(_msg: str) -> None:
     pass
 
 
-def test_refresh_never_pairs_new_images_with_old_questions(tmp_path):
+def test_refresh_swaps_images_and_questions_together(tmp_path):
     from n3d_ros.geometry.compact_encoder import CompactEncoderConfig
     from n3d_ros.tools.train_compact import build_tokenizer
     from n3d_ros.vlm.compact_model import CompactVLMConfig
@@ -24,20 +27,30 @@ def test_refresh_never_pairs_new_images_with_old_questions(tmp_path):
     ds = GpuDataset(cfg, CompactEncoderConfig(), dec_cfg, str(tmp_path / "tok.json"), _log)
     try:
         rng = np.random.default_rng(0)
-        before = ds.rgb.clone()
-        ds.refresh(rng)                       # stage 1: scenes requested
-        _, slots, futures = ds._pending
+        before, questions_before = ds.rgb.clone(), list(ds.questions)
+        ds.refresh(rng)                       # fresh scenes requested from the workers
+        slots, futures = ds._pending
         for f in futures:
             f.result()
-        ds.refresh(rng)                       # stage 2: rendered; their questions are pending
-        assert not set(slots) & set(ds.usable.tolist())
-        changed = (ds.rgb != before).flatten(1).any(1).nonzero().flatten().tolist()
-        assert set(changed) <= set(slots.tolist())
-        for f in ds._pending[2]:
-            f.result()
-        ds.refresh(rng)                       # stage 3: questions swapped in, slots usable again
+        assert torch.equal(ds.rgb, before)    # nothing changes until the whole batch is back
+        ds.refresh(rng)                       # swapped in: images and questions at once
         assert not ds.refreshing and ds.next_seed == 8 + 2
+        changed = (ds.rgb != before).flatten(1).any(1).nonzero().flatten().tolist()
+        assert changed and set(changed) <= set(slots.tolist())
+        for s in slots:
+            assert ds.questions[s] is not questions_before[s]
+        assert ds.usable.dtype.kind == "i"
         assert set(slots.tolist()) <= set(ds.usable.tolist()) | {s for s in slots if not ds.questions[s]}
+        # A worker render (CPU) of a scene equals the first fill's render of it.
+        fresh = GpuDataset(replace(cfg, scenes=2, scene_seed_offset=8), CompactEncoderConfig(), dec_cfg,
+                           str(tmp_path / "tok.json"), _log)
+        try:
+            for slot, j in zip(slots, range(2)):        # seeds 8 and 9 went to the slots in order
+                assert torch.equal(ds.rgb[slot], fresh.rgb[j])
+                assert torch.equal(ds.depth[slot], fresh.depth[j])
+                assert len(ds.questions[slot]) == len(fresh.questions[j])
+        finally:
+            fresh.close()
     finally:
         ds.close()
 
@@ -127,3 +140,14 @@ def test_compile_option_is_checked_and_none_keeps_the_module():
     assert compile_for_training(enc, "none") is enc
     with pytest.raises(ValueError, match="compile"):
         compile_for_training(enc, "all")
+
+
+def test_wall_minutes_cut_the_training_budget_after_a_slow_setup():
+    from n3d_ros.tools.train_compact import EXPORT_RESERVE_S, training_budget_s
+    assert training_budget_s(TrainConfig(minutes=8.0), 300.0) == 480.0            # no wall limit
+    assert training_budget_s(TrainConfig(minutes=8.0, wall_minutes=9.5), 30.0) == 480.0
+    assert training_budget_s(TrainConfig(minutes=8.0, wall_minutes=9.5), 150.0) == 570 - 150 - EXPORT_RESERVE_S
+    with pytest.raises(RuntimeError, match="no time left"):
+        training_budget_s(TrainConfig(minutes=8.0, wall_minutes=2.0), 100.0)
+    with pytest.raises(ValueError, match="wall_minutes"):
+        TrainConfig(wall_minutes=-1)

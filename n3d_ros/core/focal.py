@@ -116,8 +116,10 @@ def resample(image: np.ndarray, out_to_in: PixelTransform, out_width: int, out_h
     elif interpolation == "linear":
         # Shrinking by 2x or more first averages k input pixels (a box filter, edges replicated) so
         # that it does not alias. Box filter and bilinear weights are folded into a few taps per
-        # output column and row, applied one axis at a time: the same weighted sum as filtering
-        # the whole image first, at a fraction of the memory traffic.
+        # output row and column, applied one axis at a time (rows first: the image is taller than
+        # the output, so the second pass is small). Arithmetic is float32 unless the input is
+        # float64: weights sum to one, so float32 is exact to ~1e-7 of the value range, and it
+        # halves the memory traffic that bounds this function.
         blur = out_to_in.sx >= 2.0 or out_to_in.sy >= 2.0
         kx = max(1, int(out_to_in.sx)) if blur else 1
         ky = max(1, int(out_to_in.sy)) if blur else 1
@@ -125,10 +127,12 @@ def resample(image: np.ndarray, out_to_in: PixelTransform, out_width: int, out_h
         oky = (v >= -0.5) & (v <= H - 0.5)
         ix, wx = _linear_taps(u, W, kx)
         iy, wy = _linear_taps(v, H, ky)
-        s = img.astype(np.float64, copy=False)
-        cols = sum(s[:, ix[:, t]] * (wx[:, t, None] if s.ndim == 3 else wx[:, t]) for t in range(ix.shape[1]))
-        out = sum(cols[iy[:, t]] * (wy[:, t, None, None] if s.ndim == 3 else wy[:, t, None])
-                  for t in range(iy.shape[1]))
+        work = np.float64 if img.dtype == np.float64 else np.float32
+        s = img if img.ndim == 3 else img[..., None]
+        rows = np.einsum("htwc,ht->hwc", s[iy].astype(work, copy=False), wy.astype(work))
+        out = np.einsum("hwtc,wt->hwc", rows[:, ix], wx.astype(work))
+        if img.ndim == 2:
+            out = out[..., 0]
         valid = oky[:, None] & okx[None, :]
     else:
         raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")

@@ -30,6 +30,7 @@ class CompactEncoderConfig:
     feature_dim: int = 192                         # feature tokens, stride 16
     min_depth: float = 0.1                         # m
     max_depth: float = 30.0                        # m
+    fine_features: bool = False                    # tokens also read the stride-8 FPN map (small objects)
 
     def __post_init__(self) -> None:
         if self.in_width % 16 or self.in_height % 16:
@@ -86,6 +87,9 @@ class CompactGeometryEncoder(nn.Module):
         with torch.no_grad():
             self.head.bias[1] = 2.0  # start with "valid" everywhere; training learns the holes
         self.features = nn.Conv2d(w[3], cfg.feature_dim, 1)
+        # A 2x2 stride-2 conv over the stride-8 map puts each token's four sub-cells into it: a mug
+        # 8 px wide fills a quarter of a 16 px patch, and its colour and outline live at stride 8.
+        self.fine = nn.Conv2d(d, cfg.feature_dim, 2, 2) if cfg.fine_features else None
         self.log_min = math.log(cfg.min_depth)
         self.log_max = math.log(cfg.max_depth)
 
@@ -112,7 +116,10 @@ class CompactGeometryEncoder(nn.Module):
         depth = torch.exp(log_depth)
         ones = torch.ones_like(depth)
         points = depth * torch.cat([rays, ones], dim=1)
-        return points, out[:, 1:], self.features(s16)
+        features = self.features(s16)
+        if self.fine is not None:
+            features = features + self.fine(p8)
+        return points, out[:, 1:], features
 
 
 def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

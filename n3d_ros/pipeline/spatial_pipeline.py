@@ -33,6 +33,7 @@ class PipelineConfig:
     engine_cache_dir: str = ""       # TensorRT engine cache ("" = ~/.cache/n3d_ros/engines)
     max_new_tokens: int = 256        # generation limit of the large checkpoints
     moge_onnx: str = ""              # n3d_vlm: MoGe-2 ONNX geometry encoder ("" = built-in encoder)
+    encode_cache: bool = True        # compact: reuse the last frame's encoding for the same frame
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,7 +63,7 @@ def load_backend(cfg: PipelineConfig) -> SpatialVLM:
         from ..vlm.compact_backend import CompactSpatialVLM
         return CompactSpatialVLM(cfg.model_dir or None, device=device, geometry_backend=cfg.geometry,
                                  precision="fp32" if device == "cpu" else cfg.precision,
-                                 engine_cache_dir=cfg.engine_cache_dir)
+                                 engine_cache_dir=cfg.engine_cache_dir, encode_cache=cfg.encode_cache)
     dtype = "fp32" if device == "cpu" else cfg.precision
     from ..vlm.hf_loading import validate_checkpoint_dir
     # Check the folder before loading anything else, so a wrong path fails in milliseconds.

@@ -39,6 +39,7 @@ class BenchOptions:
     model_dir: str = ""
     geometry: str = "auto"
     precision: str = "fp32"
+    encode_cache: bool = True        # compact: follow-up questions reuse the frame's encoding
     out: str = ""                    # JSON path; "" = do not write
 
     def __post_init__(self) -> None:
@@ -97,7 +98,8 @@ def run_benchmark(opts: BenchOptions, pipeline: QueryPipeline, *, render_device:
     if isinstance(settings, dict):
         report.environment["model_settings"] = settings
     report.config.update({"scenes": opts.scenes, "questions_per_scene": opts.questions_per_scene,
-                          "first_seed": opts.first_seed, "max_width": opts.max_width})
+                          "first_seed": opts.first_seed, "max_width": opts.max_width,
+                          "encode_cache": opts.encode_cache})
     return report
 
 
@@ -130,6 +132,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchOptions:
     p.add_argument("--model-dir", default="", help="checkpoint folder ('' = built-in compact model)")
     p.add_argument("--geometry", default="auto", help="geometry encoder runtime (auto|tensorrt|onnxruntime|torch)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--no-encode-cache", action="store_true",
+                   help="encode the frame again for every question (default: once per frame)")
     p.add_argument("--out", default="", help="write the full report as JSON here")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {QUICK['scenes']} scenes, {QUICK['questions_per_scene']} questions "
@@ -142,7 +146,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchOptions:
                         modes=tuple(a.modes), prompt_labels=a.prompt_labels,
                         prompt_targets=a.prompt_targets, device=a.device,
                         backend=a.backend, model_dir=a.model_dir, geometry=a.geometry, precision=a.precision,
-                        out=a.out)
+                        encode_cache=not a.no_encode_cache, out=a.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pipe = SpatialPipeline(PipelineConfig(backend=opts.backend, model_dir=opts.model_dir,
                                               geometry=opts.geometry, device=opts.device,
-                                              precision=opts.precision))
+                                              precision=opts.precision, encode_cache=opts.encode_cache))
     except (ModelLoadError, ValueError) as exc:
         print(f"n3d-bench: cannot load the pipeline: {exc}", file=sys.stderr)
         return 2

@@ -126,6 +126,8 @@ class ModeReport:
     qa_counts_by_kind: dict[str, int]
     latency_median_s: float
     latency_p90_s: float
+    latency_first_median_s: float         # the first query on each frame ("detect all", encoding included)
+    latency_followup_median_s: float      # the questions after it on the same frame
     queries: int
     failed_queries: int
 
@@ -310,6 +312,8 @@ def evaluate_mode(pipeline: QueryPipeline, samples: Sequence[EvalSample], mode: 
     records: list[QARecord] = []
     distance_errors: list[float] = []
     latencies: list[float] = []
+    first: list[float] = []
+    followup: list[float] = []
     failed = 0
     for sample in samples:
         frame = sample.frame if mode == "depth" else replace(sample.frame, depth=None)
@@ -319,12 +323,14 @@ def evaluate_mode(pipeline: QueryPipeline, samples: Sequence[EvalSample], mode: 
         prompt = labels if config.prompt_labels else ()
         det, dt = _timed_query(pipeline, frame, DETECT_QUESTION, prompt, True)
         latencies.append(dt)
+        first.append(dt)
         failed += int(not det.success)
         predictions.append(list(det.objects) if det.success else [])
         truths.append(list(sample.objects))
         for q in sample.questions:
             res, dt = _timed_query(pipeline, frame, q.text, q.targets if config.prompt_targets else (), False)
             latencies.append(dt)
+            followup.append(dt)
             failed += int(not res.success)
             pred = predicted_value(res, q, labels)
             if q.kind == QuestionKind.CLOCK and isinstance(pred, (int, float)) and not isinstance(pred, bool):
@@ -346,6 +352,7 @@ def evaluate_mode(pipeline: QueryPipeline, samples: Sequence[EvalSample], mode: 
         qa_accuracy=float(acc.overall), qa_accuracy_by_kind=dict(acc.per_kind),
         qa_counts_by_kind=dict(acc.counts),
         latency_median_s=_percentile(latencies, 50), latency_p90_s=_percentile(latencies, 90),
+        latency_first_median_s=_percentile(first, 50), latency_followup_median_s=_percentile(followup, 50),
         queries=len(latencies), failed_queries=failed)
 
 
@@ -438,6 +445,10 @@ def to_markdown(report: BenchmarkReport) -> str:
         ("QA accuracy (all kinds)", [_fmt(report.modes[m].qa_accuracy) for m in modes]),
         ("latency median (s)", [_fmt(report.modes[m].latency_median_s) for m in modes]),
         ("latency p90 (s)", [_fmt(report.modes[m].latency_p90_s) for m in modes]),
+        ("latency median, first query on a frame (s)", [_fmt(report.modes[m].latency_first_median_s)
+                                                        for m in modes]),
+        ("latency median, follow-up questions (s)", [_fmt(report.modes[m].latency_followup_median_s)
+                                                     for m in modes]),
         ("failed queries", [f"{report.modes[m].failed_queries}/{report.modes[m].queries}" for m in modes]),
     ]
     lines = ["| metric | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]

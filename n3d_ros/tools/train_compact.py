@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -54,6 +55,7 @@ class TrainConfig:
     resume: str = ""                 # model folder of an earlier run (continues its training)
     device: str = "cuda"
     minutes: float = 8.0             # training time budget of this run (data generation excluded)
+    wall_minutes: float = 0.0        # if > 0: the whole run, set-up and export included, ends by then
     scenes: int = 12000              # scenes rendered for this run
     scene_seed_offset: int = -1      # first scene seed; -1 = 0, or where the resumed run stopped
     questions_per_scene: int = 12
@@ -72,10 +74,14 @@ class TrainConfig:
     dense_head: bool = True          # per-patch heat map / colour / box head (the shipped model has it)
     neighbour_weight: float = NEIGHBOUR_WEIGHT  # dense head: weight of the 8 patches around a centre
     compile: str = "none"            # torch.compile: none | encoder (see compile_for_training)
+    fine_features: bool = False      # new encoders also read stride-8 features into their tokens
+                                     # (not in the shipped model; see CompactEncoderConfig)
 
     def __post_init__(self) -> None:
         if self.compile not in ("none", "encoder"):
             raise ValueError(f"compile must be none or encoder, got {self.compile!r}")
+        if self.wall_minutes < 0:
+            raise ValueError(f"wall_minutes must be >= 0 (0 = no limit), got {self.wall_minutes}")
         if not 0.0 <= self.neighbour_weight <= 1.0:
             raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
 
@@ -86,8 +92,10 @@ def _make_scene(seed: int):
     return generate_scene(seed)
 
 
-def _make_scenes(seeds: list[int]) -> list:
-    return [_make_scene(s) for s in seeds]
+def _worker_init() -> None:
+    # Workers render on the CPU beside the training process: one thread each, or 14 workers would
+    # each start a thread per core.
+    torch.set_num_threads(1)
 
 
 def _grid_setup(scene, enc_cfg: CompactEncoderConfig):
@@ -98,6 +106,47 @@ def _grid_setup(scene, enc_cfg: CompactEncoderConfig):
                                                   [scene.camera.width - 0.5, scene.camera.height - 0.5]]))
     rect = (int(round(x0 + 0.5)), int(round(y0 + 0.5)), int(round(x1 + 0.5)), int(round(y1 + 0.5)))
     return cam, rect
+
+
+@dataclass
+class RenderedScenes:
+    """A batch of scenes rendered onto the model grid, ready for the dataset's slots."""
+    rgb: torch.Tensor              # (B,H,W,3) uint8
+    depth: torch.Tensor            # (B,H,W) float16 metres, 0 where nothing was hit
+    K: torch.Tensor                # (B,4) fx, fy, cx, cy of the grid camera
+    up: torch.Tensor               # (B,3) gravity up, optical frame
+    jobs: list                     # per scene: the arguments of _question_records
+
+
+def render_scenes(scenes: list, enc_cfg: CompactEncoderConfig, dec_cfg: CompactVLMConfig, tok_path: str,
+                  cfg: "TrainConfig", device: str) -> RenderedScenes:
+    """Render `scenes` on `device` (the GPU for the first fill, a worker's CPU for refreshes) and
+    decide which objects count as visible, the benchmark's way."""
+    from ..sim.questions import marginal_objects, visible_objects
+    from ..sim.render import render
+    setups = [_grid_setup(sc, enc_cfg) for sc in scenes]
+    out = render(scenes, device=device, cameras=[c for c, _ in setups], valid_rects=[r for _, r in setups])
+    instance = out.instance.cpu().numpy()
+    jobs = []
+    for j, (sc, (c, _)) in enumerate(zip(scenes, setups)):
+        thr = visibility_threshold(sc, c)
+        jobs.append((sc, c, visible_objects(sc, instance[j], min_pixels=thr),
+                     marginal_objects(sc, instance[j], min_pixels=thr), tok_path, dec_cfg, cfg.questions_per_scene,
+                     cfg.seed * 7919 + sc.seed, cfg.neighbour_weight))
+    return RenderedScenes(
+        rgb=out.rgb, depth=torch.nan_to_num(out.depth, nan=0.0).clamp_max(60000).half(),
+        K=torch.tensor([[c.fx, c.fy, c.cx, c.cy] for c, _ in setups], dtype=torch.float32),
+        up=torch.tensor(np.stack([sc.up for sc in scenes]), dtype=torch.float32), jobs=jobs)
+
+
+def _fresh_scenes(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple]]:
+    """Worker: new scenes generated, rendered on the CPU and given their questions, all off the
+    training process, which only copies the result into its slots (rendering them on the GPU inside
+    the loop had stalled training for 2-3 s per refresh). Returns numpy arrays: torch would pass
+    tensors between processes as shared-memory handles."""
+    seeds, enc_cfg, dec_cfg, tok_path, cfg = args
+    r = render_scenes([_make_scene(s) for s in seeds], enc_cfg, dec_cfg, tok_path, cfg, "cpu")
+    return r.rgb.numpy(), r.depth.numpy(), r.K.numpy(), r.up.numpy(), [_question_records(j) for j in r.jobs]
 
 
 def _question_records(args):
@@ -210,10 +259,10 @@ def new_decoder_config(tok: CompactTokenizer, enc_cfg: CompactEncoderConfig, *, 
 class GpuDataset:
     """Rendered images on the device plus per-scene question records.
 
-    With `refresh_every_steps`, a fraction of the scenes is replaced by fresh ones during training
-    (new seeds): scene and question generation run in worker processes while the GPU trains; only
-    the render itself (about 1.3 ms a scene on an H200) blocks. Slots being replaced are taken out
-    of `usable` until their new questions arrive, so images and questions never mismatch.
+    The first fill renders on the training device (fast in bulk). With `refresh_every_steps`, a
+    fraction of the scenes is then replaced by fresh ones (new seeds) while training: worker
+    processes generate, render (CPU) and question them, and a slot's image and questions are swapped
+    together once its whole batch is back, so they never mismatch and the loop never waits.
     """
 
     def __init__(self, cfg: TrainConfig, enc_cfg: CompactEncoderConfig, dec_cfg: CompactVLMConfig,
@@ -228,24 +277,39 @@ class GpuDataset:
         self.questions: list[list] = [[] for _ in range(n)]
         self.heat: list[np.ndarray | None] = [None] * n        # dense head: (N, kinds) heat targets
         self.positives: list[np.ndarray | None] = [None] * n   # dense head: one row per visible object
-        self.pool = ProcessPoolExecutor(cfg.workers)
+        # Spawned, not forked: the workers run torch on the CPU, and this process has CUDA and
+        # OpenMP state that a fork would copy.
+        self.pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_worker_init)
         v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
                               torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
         self.u, self.v = u, v
         self.next_seed = max(0, cfg.scene_seed_offset)
-        self._pending: tuple | None = None       # (stage, slots, seeds, futures)
+        self._pending: tuple[np.ndarray, list] | None = None       # (slots, futures)
         t0 = time.time()
         slots = np.arange(n)
         scenes = list(self.pool.map(_make_scene, self._take_seeds(n), chunksize=64))
         log(f"generated {n} scenes in {time.time() - t0:.1f} s")
         t0 = time.time()
-        jobs = self._render_into(slots, scenes)
+        jobs = []
+        for start in range(0, n, cfg.render_batch):
+            r = render_scenes(scenes[start:start + cfg.render_batch], enc_cfg, dec_cfg, tok_path, cfg, dev)
+            self._put(slots[start:start + len(r.jobs)], r.rgb, r.depth, r.K, r.up)
+            jobs += r.jobs
         log(f"rendered {n} images in {time.time() - t0:.1f} s")
         t0 = time.time()
         for slot, result in zip(slots, self.pool.map(_question_records, jobs, chunksize=32)):
             self._store(slot, result)
         log(f"made {sum(len(q) for q in self.questions)} questions in {time.time() - t0:.1f} s")
         self.usable = np.array([i for i, q in enumerate(self.questions) if q])
+
+    def _put(self, slots: np.ndarray, rgb, depth, K, up) -> None:
+        dev = self.cfg.device
+        idx = torch.as_tensor(slots, device=dev)
+        self.rgb[idx] = torch.as_tensor(rgb).to(dev)
+        self.depth[idx] = torch.as_tensor(depth).to(dev)
+        self.K[idx] = torch.as_tensor(K).to(dev)
+        self.up[idx] = torch.as_tensor(up).to(dev)
 
     def _store(self, slot: int, result: tuple) -> None:
         self.questions[slot], self.heat[slot], self.positives[slot] = result
@@ -258,54 +322,30 @@ class GpuDataset:
         self.next_seed += n
         return seeds
 
-    def _render_into(self, slots: np.ndarray, scenes: list) -> list[tuple]:
-        """Render scenes into `slots`; returns the question jobs for them."""
-        from ..sim.questions import marginal_objects, visible_objects
-        from ..sim.render import render
-        cfg, dev = self.cfg, self.cfg.device
-        jobs = []
-        for start in range(0, len(scenes), cfg.render_batch):
-            chunk = scenes[start:start + cfg.render_batch]
-            idx = torch.as_tensor(slots[start:start + len(chunk)], device=dev)
-            setups = [_grid_setup(sc, self.enc_cfg) for sc in chunk]
-            out = render(chunk, device=dev, cameras=[c for c, _ in setups], valid_rects=[r for _, r in setups])
-            self.rgb[idx] = out.rgb.to(dev)
-            self.depth[idx] = torch.nan_to_num(out.depth.to(dev), nan=0.0).clamp_max(60000).half()
-            self.K[idx] = torch.tensor([[c.fx, c.fy, c.cx, c.cy] for c, _ in setups], device=dev)
-            self.up[idx] = torch.tensor(np.stack([sc.up for sc in chunk]), dtype=torch.float32, device=dev)
-            for j, (sc, (c, _)) in enumerate(zip(chunk, setups)):
-                instance = out.instance[j].cpu().numpy()
-                thr = visibility_threshold(sc, c)
-                visible = visible_objects(sc, instance, min_pixels=thr)
-                marginal = marginal_objects(sc, instance, min_pixels=thr)
-                jobs.append((sc, c, visible, marginal, self.tok_path, self.dec_cfg, cfg.questions_per_scene,
-                             cfg.seed * 7919 + sc.seed, cfg.neighbour_weight))
-        return jobs
-
     def refresh(self, rng: np.random.Generator) -> None:
-        """Advance the background replacement of scenes by one stage when its work is done."""
+        """Start replacing a fraction of the scenes, or swap them in once the workers are done."""
         cfg = self.cfg
         if self._pending is None:
             n = max(1, int(cfg.refresh_fraction * cfg.scenes))
             slots = rng.choice(cfg.scenes, size=n, replace=False)
             seeds = self._take_seeds(n)
-            chunks = [seeds[i:i + 256] for i in range(0, n, 256)]
-            self._pending = ("scenes", slots, [self.pool.submit(_make_scenes, c) for c in chunks])
+            # Small jobs spread over all workers; each one is a CPU render batch.
+            size = max(1, min(8, math.ceil(n / cfg.workers)))
+            self._pending = (slots, [self.pool.submit(_fresh_scenes, (seeds[i:i + size], self.enc_cfg,
+                                                                      self.dec_cfg, self.tok_path, cfg))
+                                     for i in range(0, n, size)])
             return
-        stage, slots, futures = self._pending
+        slots, futures = self._pending
         if not all(f.done() for f in futures):
             return
-        if stage == "scenes":
-            scenes = [sc for f in futures for sc in f.result()]
-            self.usable = np.setdiff1d(self.usable, slots)     # images change now, questions later
-            jobs = self._render_into(slots, scenes)
-            self._pending = ("questions", slots, [self.pool.submit(_question_records, j) for j in jobs])
-        else:
-            for slot, f in zip(slots, futures):
-                self._store(slot, f.result())
-            self.usable = np.union1d(self.usable, [s for s in slots if self.questions[s]])
-            self._pending = None
-            self.log(f"refreshed {len(slots)} scenes (next seed {self.next_seed})")
+        results = [f.result() for f in futures]
+        self._put(slots, *(np.concatenate([r[k] for r in results]) for k in range(4)))
+        for slot, rec in zip(slots, (rec for r in results for rec in r[4])):
+            self._store(slot, rec)
+        self.usable = np.union1d(np.setdiff1d(self.usable, slots),
+                                  np.array([s for s in slots if self.questions[s]], dtype=np.int64))
+        self._pending = None
+        self.log(f"refreshed {len(slots)} scenes (next seed {self.next_seed})")
 
     @property
     def refreshing(self) -> bool:
@@ -474,7 +514,24 @@ def compile_for_training(enc: CompactGeometryEncoder, what: str):
 
 
 # ----------------------------------------------------------------------------- run
+# Saving the weights and exporting ONNX after training, with margin (about 20 s on the lent hosts).
+EXPORT_RESERVE_S = 45.0
+
+
+def training_budget_s(cfg: TrainConfig, setup_s: float) -> float:
+    """Seconds of optimization: `minutes`, cut so that a run with `wall_minutes` still ends in time
+    after `setup_s` of scene generation (which varied 2x between lent hosts of one kind)."""
+    budget = cfg.minutes * 60
+    if cfg.wall_minutes > 0:
+        budget = min(budget, cfg.wall_minutes * 60 - setup_s - EXPORT_RESERVE_S)
+    if budget <= 0:
+        raise RuntimeError(f"set-up took {setup_s:.0f} s: no time left to train within --wall-minutes "
+                           f"{cfg.wall_minutes}")
+    return budget
+
+
 def train(cfg: TrainConfig) -> dict:
+    t_run = time.time()
     torch.manual_seed(cfg.seed)
     log_lines: list[str] = []
 
@@ -483,7 +540,7 @@ def train(cfg: TrainConfig) -> dict:
         print(line, flush=True)
         log_lines.append(line)
 
-    enc_cfg = CompactEncoderConfig()
+    enc_cfg = CompactEncoderConfig(fine_features=cfg.fine_features)
     state = {"step": 0, "history": []}
     if cfg.resume:
         r = Path(cfg.resume)
@@ -522,12 +579,16 @@ def train(cfg: TrainConfig) -> dict:
     trng.manual_seed(cfg.seed + state["step"])
     use_amp = cfg.device.startswith("cuda")
     t_start = time.time()
+    budget = training_budget_s(cfg, t_start - t_run)
+    if budget < cfg.minutes * 60:
+        log(f"set-up took {(t_start - t_run) / 60:.1f} min: training for {budget / 60:.1f} min to end within "
+            f"--wall-minutes {cfg.wall_minutes}")
     step = first_step = state["step"]
     agg: dict[str, torch.Tensor] = {}
     n_agg: dict[str, int] = {}
-    while time.time() - t_start < cfg.minutes * 60:
+    while time.time() - t_start < budget:
         # Warm-up, then a cosine over this run's time budget (a resumed run is a warm restart).
-        frac = min(1.0, (time.time() - t_start) / (cfg.minutes * 60))
+        frac = min(1.0, (time.time() - t_start) / budget)
         lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr

@@ -190,7 +190,8 @@ class CompactSpatialVLM:
     name = "compact"
 
     def __init__(self, model_dir: str | Path | None = None, *, device: str = "cpu",
-                 geometry_backend: str = "auto", precision: str = "fp32", engine_cache_dir: str = "") -> None:
+                 geometry_backend: str = "auto", precision: str = "fp32", engine_cache_dir: str = "",
+                 encode_cache: bool = True) -> None:
         from ..geometry.factory import make_encoder
         from ..geometry.checkpoint_io import load_safetensors
 
@@ -232,6 +233,10 @@ class CompactSpatialVLM:
             backend=geometry_backend, device=device, precision=precision,
             cache_dir=engine_cache_dir or None)
         self.geometry_backend = self.encoder.backend
+        # The last frame's encoding, keyed by its content: several questions about one frame (a
+        # planner asking "where", then "how far") pay for focal normalization and the encoder once.
+        self.encode_cache = bool(encode_cache)
+        self._cached: tuple[tuple, _Encoded] | None = None
 
     @property
     def inference_settings(self) -> dict:
@@ -242,6 +247,15 @@ class CompactSpatialVLM:
 
     # ------------------------------------------------------------------ geometry
     def _encode(self, scene: SceneInput) -> _Encoded:
+        if not self.encode_cache:
+            return self._encode_frame(scene)
+        key = scene.content_key()
+        if self._cached is None or self._cached[0] != key:
+            self._cached = None                 # a failed encode must not leave a stale entry
+            self._cached = (key, self._encode_frame(scene))
+        return self._cached[1]
+
+    def _encode_frame(self, scene: SceneInput) -> _Encoded:
         out: GeometryOutput = self.encoder.encode([scene.image], [scene.camera])
         if out.features is None:
             raise RuntimeError("the compact encoder returned no features")
@@ -370,6 +384,7 @@ class CompactSpatialVLM:
                              problems=list(grounding.problems))
 
     def close(self) -> None:
+        self._cached = None
         self.encoder.close()
         self.decoder = None  # type: ignore[assignment]
         if torch.cuda.is_available():
