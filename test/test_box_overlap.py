@@ -120,3 +120,25 @@ def test_suppress_overlaps_drops_twins_of_comparable_size_only():
     assert suppress_overlaps(boxes, 1.0) == [0, 1, 2, 3]          # 1 = off
     assert suppress_overlaps(boxes, 0.5, max_volume_ratio=1000.0) == [0, 3]
     assert suppress_overlaps([], 0.5) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(tilt=angles, c1=vec, s1=sizes, y1=st.floats(-np.pi, np.pi), c2=vec, s2=sizes, y2=st.floats(-np.pi, np.pi),
+       turn=st.sampled_from([0, 1, 2]))
+def test_shared_axis_shortcut_equals_clipping(tilt, c1, s1, y1, c2, s2, y2, turn):
+    from n3d_ros.core.box_overlap import _clipped_volume, _shared_axis_volume
+    level = rotation_from_euler_xyz(*tilt)          # a tilted camera's gravity frame
+    # b's shared axis may be any of its own axes, pointing either way (a half turn about another axis)
+    swap = [np.eye(3), rotation_from_euler_xyz(np.pi / 2, 0, 0), rotation_from_euler_xyz(np.pi, 0, np.pi / 2)][turn]
+    a = Box3D(np.array(c1), np.array(s1), level @ rotation_from_euler_xyz(0, y1, 0))
+    b = Box3D(np.array(c2), np.array(s2), level @ rotation_from_euler_xyz(0, y2, 0) @ swap)
+    fast = _shared_axis_volume(a, b)
+    assert fast is not None
+    assert fast == pytest.approx(_clipped_volume(a, b), rel=1e-7, abs=1e-10)
+
+
+def test_shared_axis_shortcut_declines_general_rotations():
+    from n3d_ros.core.box_overlap import _shared_axis_volume
+    a = _box((0, 0, 0), (1, 1, 1), (0, 0.3, 0))
+    b = _box((0.1, 0, 0), (1, 1, 1), (0.2, 0.5, 0.1))
+    assert _shared_axis_volume(a, b) is None
