@@ -3,6 +3,7 @@
     python benchmarks/profile_train_step.py --device cuda --scenes 2000 --steps 60
     python benchmarks/profile_train_step.py --device cuda --dense-head true --questions-per-image 2
     python benchmarks/profile_train_step.py --device cuda --dense-head true --compile encoder --kernels
+    python benchmarks/profile_train_step.py --device cuda --dense-head true --fine-features true
 
 Times, per step, with the GPU synchronized around each phase (so phases do not overlap as they do
 in training): batch assembly on the CPU, forward, backward, optimizer; plus one background refresh
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dense-head", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--compile", choices=("none", "encoder"), default="none")
-    p.add_argument("--fine-features", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--fine-features", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--kernels", action="store_true", help="also report GPU busy time per step (torch.profiler)")
     a = p.parse_args(argv)
     cfg = TrainConfig(device=a.device, scenes=a.scenes, images_per_step=a.images_per_step,
