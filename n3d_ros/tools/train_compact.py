@@ -3,11 +3,11 @@
     python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --out models/n3d_compact
     python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --resume models/n3d_compact \
         --lr 5e-4 --out models/n3d_compact
-(the shipped model's exact two stages: scripts/train_builtin_model.sh)
+(the two stages of the shipped model's recipe: scripts/train_builtin_model.sh)
 
 Data: scenes from `n3d_ros.sim` rendered straight onto the model grid (focal-normalized,
-letterboxed camera) on the training device, with templated questions; an object is "visible"
-by the benchmark's rule (40 px at <= 640 px wide). Encoder (depth + validity) and decoder
+letterboxed camera; the first fill on the training device, refreshes on the workers' CPUs), with
+templated questions; an object is "visible" by the benchmark's rule (40 px at <= 640 px wide). Encoder (depth + validity) and decoder
 (tokens, dense heat map / colour / box head, pointer, box, up vector) train jointly; the decoder sees measured geometry
 (ground-truth depth with holes and noise) for half of the images and the encoder's own estimate
 for the rest, so one model serves RGB and RGB-D robots.
