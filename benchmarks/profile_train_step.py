@@ -7,7 +7,8 @@
 
 Times, per step, with the GPU synchronized around each phase (so phases do not overlap as they do
 in training): batch assembly on the CPU, forward, backward, optimizer; plus one background refresh
-of `refresh_fraction` of the scenes (its wall time in the workers, and the part the loop waits for). Prints a markdown table (median ms and share of the step).
+of `refresh_fraction` of the scenes (its wall time in the workers, and the part the loop waits for).
+Prints a markdown table (median ms and share of the step).
 --compile encoder runs the encoder through `torch.compile` (train_compact.compile_for_training);
 --kernels adds the GPU's busy time per step (torch.profiler): far below the step time means the
 step is bound by launching kernels, not by running them.

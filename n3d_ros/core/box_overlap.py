@@ -95,23 +95,14 @@ def _convex_volume(faces: list[Polygon]) -> float:
     return vol
 
 
-def _clip_to_rectangle(poly: np.ndarray, half: np.ndarray) -> np.ndarray:
-    """2D Sutherland-Hodgman: the part of a convex polygon (K, 2) inside |x| <= half[0], |y| <= half[1]."""
+def _clip_to_rectangle(poly: np.ndarray, half: np.ndarray, eps: float) -> np.ndarray:
+    """The part of a convex 2D polygon (K, 2) inside |x| <= half[0], |y| <= half[1]
+    (`_clip_polygon` works in any dimension)."""
     for axis in range(2):
         for sign in (1.0, -1.0):
-            if len(poly) == 0:
+            poly, _ = _clip_polygon(poly, axis, sign, half[axis], eps)
+            if len(poly) < 3:
                 return poly
-            d = sign * poly[:, axis] - half[axis]
-            if (d <= 0).all():
-                continue
-            out = []
-            for i in range(len(poly)):
-                j = (i + 1) % len(poly)
-                if d[i] <= 0:
-                    out.append(poly[i])
-                if (d[i] <= 0) != (d[j] <= 0):
-                    out.append(poly[i] + d[i] / (d[i] - d[j]) * (poly[j] - poly[i]))
-            poly = np.array(out).reshape(-1, 2)
     return poly
 
 
@@ -120,11 +111,14 @@ def _shared_axis_volume(a: Box3D, b: Box3D) -> float | None:
     the boxes are then prisms along that axis, so the overlap is the footprint intersection's area
     times the overlap of the two extents along the axis."""
     M = a.rotation.T @ b.rotation                       # b's axes in a's local coordinates
-    i, k = np.unravel_index(int(np.argmax(np.abs(M))), (3, 3))
     # Parallel to rounding only (the rest of row i and column k ~1e-16 for boxes built about one
-    # up vector): an axis 1e-6 rad off would already move the volume by ~1e-6 of its size.
-    off = np.abs(np.concatenate([np.delete(M[i], k), np.delete(M[:, k], i)]))
-    if off.max() > 1e-12:
+    # up vector): an axis 1e-6 rad off would already move the volume by ~1e-6 of its size. Every
+    # candidate is tried: in nearly axis-aligned pairs the largest entry need not be the shared axis.
+    for i, k in np.argwhere(np.abs(M) > 0.5):
+        off = np.abs(np.concatenate([np.delete(M[i], k), np.delete(M[:, k], i)]))
+        if off.max() <= 1e-12:
+            break
+    else:
         return None
     c = a.rotation.T @ (b.center - a.center)            # b's centre in a's local coordinates
     ha, hb = a.size / 2.0, b.size / 2.0
@@ -136,7 +130,7 @@ def _shared_axis_volume(a: Box3D, b: Box3D) -> float | None:
     e1, e2 = M[plane, k1] * hb[k1], M[plane, k2] * hb[k2]
     centre = c[plane]
     footprint = np.array([centre - e1 - e2, centre + e1 - e2, centre + e1 + e2, centre - e1 + e2])
-    poly = _clip_to_rectangle(footprint, ha[plane])
+    poly = _clip_to_rectangle(footprint, ha[plane], 1e-12 * max(float(np.max(a.size)), float(np.max(b.size)), 1.0))
     if len(poly) < 3:
         return 0.0
     x, y = poly[:, 0], poly[:, 1]
