@@ -256,7 +256,7 @@ class CameraModel:
         if depth.shape != (self.height, self.width):
             raise ValueError(f"depth is {depth.shape[1]}x{depth.shape[0]} but the camera is "
                              f"{self.width}x{self.height}")
-        mask = np.isfinite(depth) & (depth > min_depth) & (depth <= max_depth)
+        mask = valid_depth(depth, min_depth=min_depth, max_depth=max_depth)
         points = self.ray_directions() * np.where(mask, depth, np.nan)[..., None]
         return points, mask
 
@@ -264,6 +264,12 @@ class CameraModel:
         uv = np.asarray(uv)
         return ((uv[..., 0] >= -0.5) & (uv[..., 0] <= self.width - 0.5)
                 & (uv[..., 1] >= -0.5) & (uv[..., 1] <= self.height - 0.5))
+
+
+def valid_depth(depth: np.ndarray, *, min_depth: float = 1e-3, max_depth: float = np.inf) -> np.ndarray:
+    """Where a z-depth map holds a measurement: finite, beyond `min_depth` (0 is a depth camera's
+    "no return"), at most `max_depth`."""
+    return np.isfinite(depth) & (depth > min_depth) & (depth <= max_depth)
 
 
 def check_image(image: np.ndarray, camera: CameraModel, *, name: str = "image") -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from ..core.camera import CameraModel, check_image
+from ..core.camera import CameraModel, check_image, valid_depth
 from ..core.focal import PixelTransform, normalize_focal
 
 
@@ -98,7 +98,7 @@ def grid_depth_to_points(depth: np.ndarray, camera: CameraModel, *, min_depth: f
     """(h, w) z-depth on the model grid -> ((h, w, 3) float32 points, NaN where invalid; (h, w) mask),
     with the cached rays of `camera`."""
     depth = np.asarray(depth, dtype=np.float32)
-    mask = np.isfinite(depth) & (depth > min_depth)
+    mask = valid_depth(depth, min_depth=min_depth)
     z = np.where(mask, depth, np.nan)
     rays = grid_rays(camera)
     return np.stack([rays[0] * z, rays[1] * z, z], axis=-1), mask

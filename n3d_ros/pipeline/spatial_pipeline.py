@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..core.camera import valid_depth
 from ..core.questions import PAIRWISE_KINDS, SINGLE_KINDS
 from ..vlm.contract import ModelLoadError, SceneInput, SpatialVLM
 from .types import CameraFrame, QueryResult
@@ -155,7 +156,7 @@ class SpatialPipeline:
             return SceneInput(image=frame.image, camera=frame.camera), f"encoder:{self.geometry_backend}"
         depth = np.asarray(frame.depth, dtype=np.float32)
         scene = SceneInput(image=frame.image, camera=frame.camera, depth=depth)  # checks the depth's size
-        if np.mean(np.isfinite(depth) & (depth > 1e-3)) < 0.05:
+        if np.mean(valid_depth(depth)) < 0.05:
             # almost no measurements: the encoder is the better source
             return SceneInput(image=frame.image, camera=frame.camera), f"encoder:{self.geometry_backend}"
         return scene, "depth"
