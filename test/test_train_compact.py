@@ -151,3 +151,41 @@ def test_wall_minutes_cut_the_training_budget_after_a_slow_setup():
         training_budget_s(TrainConfig(minutes=8.0, wall_minutes=2.0), 100.0)
     with pytest.raises(ValueError, match="wall_minutes"):
         TrainConfig(wall_minutes=-1)
+
+
+def test_two_lr_spans_make_one_cosine():
+    from n3d_ros.tools.train_compact import learning_rate
+    whole = TrainConfig(lr=1e-3, warmup_steps=0)
+    first = replace(whole, lr_span_end=0.5)
+    second = replace(whole, lr_span_start=0.5)
+    for f in (0.0, 0.3, 0.7, 1.0):
+        assert learning_rate(first, 1000, f) == pytest.approx(learning_rate(whole, 1000, f / 2))
+        assert learning_rate(second, 1000, f) == pytest.approx(learning_rate(whole, 1000, 0.5 + f / 2))
+    assert learning_rate(first, 1000, 1.0) == pytest.approx(learning_rate(second, 0, 0.0)) == pytest.approx(5e-4)
+    assert learning_rate(whole, 1000, 1.0) == pytest.approx(0.0, abs=1e-12)
+    warm = replace(whole, warmup_steps=100)
+    assert learning_rate(warm, 9, 0.0) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="lr_span"):
+        TrainConfig(lr_span_start=0.5, lr_span_end=0.5)
+
+
+def test_a_resumed_stage_continues_with_the_saved_optimizer_state(tmp_path):
+    out = tmp_path / "model"
+    base = TrainConfig(out=str(out), device="cpu", minutes=0.03, scenes=4, workers=1, render_batch=4,
+                       images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
+                       export_onnx=False)
+    train(replace(base, save_optimizer=True, lr_span_end=0.5))
+    saved = out / "optimizer.safetensors"
+    assert saved.is_file()
+    from safetensors.torch import load_file
+    steps_1 = {k: float(v) for k, v in load_file(str(saved)).items() if k.endswith(".step")}
+    assert steps_1 and min(steps_1.values()) >= 1
+    meta = train(replace(base, resume=str(out), save_optimizer=True, lr_span_start=0.5, warmup_steps=0))
+    steps_2 = {k: float(v) for k, v in load_file(str(saved)).items() if k.endswith(".step")}
+    # AdamW's step count went on from stage 1's: its moments were loaded, not started afresh.
+    assert steps_2.keys() == steps_1.keys()
+    assert all(steps_2[k] == meta["state"]["step"] for k in steps_2)
+    assert meta["state"]["step"] > max(steps_1.values())
+    # The last stage saves no optimizer state: a stale one must not stay beside its weights.
+    train(replace(base, resume=str(out), lr_span_start=0.5, warmup_steps=0))
+    assert not saved.exists()

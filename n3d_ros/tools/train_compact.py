@@ -64,6 +64,11 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 300
+    # The part of one cosine learning-rate decay this run covers: 0 -> 1 decays from `lr` to 0 within the
+    # run; stages 0 -> 0.5 and 0.5 -> 1 (with the optimizer state carried over) make one schedule of two
+    # runs instead of a warm restart.
+    lr_span_start: float = 0.0
+    lr_span_end: float = 1.0
     save_optimizer: bool = False     # AdamW state (2x the weights) in the checkpoint folder
     refresh_every_steps: int = 0     # replace part of the scenes with fresh ones this often (0 = never)
     refresh_fraction: float = 0.05   # share of the scenes replaced per refresh
@@ -84,6 +89,9 @@ class TrainConfig:
             raise ValueError(f"wall_minutes must be >= 0 (0 = no limit), got {self.wall_minutes}")
         if not 0.0 <= self.neighbour_weight <= 1.0:
             raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
+        if not 0.0 <= self.lr_span_start < self.lr_span_end <= 1.0:
+            raise ValueError(f"need 0 <= lr_span_start < lr_span_end <= 1, got {self.lr_span_start}, "
+                             f"{self.lr_span_end}")
 
 
 # ----------------------------------------------------------------------------- data
@@ -530,6 +538,14 @@ def training_budget_s(cfg: TrainConfig, setup_s: float) -> float:
     return budget
 
 
+def learning_rate(cfg: TrainConfig, steps_done: int, frac: float) -> float:
+    """Learning rate after `steps_done` steps of this run, `frac` of its time budget spent: a linear
+    warm-up over `warmup_steps`, times the cosine decay at the matching point of the run's `lr_span`."""
+    warm = min(1.0, (steps_done + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    t = cfg.lr_span_start + (cfg.lr_span_end - cfg.lr_span_start) * min(max(frac, 0.0), 1.0)
+    return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def train(cfg: TrainConfig) -> dict:
     t_run = time.time()
     torch.manual_seed(cfg.seed)
@@ -587,9 +603,8 @@ def train(cfg: TrainConfig) -> dict:
     agg: dict[str, torch.Tensor] = {}
     n_agg: dict[str, int] = {}
     while time.time() - t_start < budget:
-        # Warm-up, then a cosine over this run's time budget (a resumed run is a warm restart).
-        frac = min(1.0, (time.time() - t_start) / budget)
-        lr = cfg.lr * min(1.0, (step - first_step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * frac))
+        # Time, not steps, sets the schedule: the step rate differs between hosts.
+        lr = learning_rate(cfg, step - first_step, (time.time() - t_start) / budget)
         for g in opt.param_groups:
             g["lr"] = lr
         due = cfg.refresh_every_steps > 0 and (step - first_step) % cfg.refresh_every_steps == 0
@@ -612,6 +627,8 @@ def train(cfg: TrainConfig) -> dict:
     log(f"stopped at step {step} after {(time.time() - t_start) / 60:.1f} min")
     if cfg.save_optimizer:
         _save_optimizer(opt, out / "optimizer.safetensors")
+    else:  # an earlier stage's optimizer state no longer matches these weights
+        (out / "optimizer.safetensors").unlink(missing_ok=True)
     state["runs"] = state.get("runs", []) + [{"config": asdict(cfg), "log": log_lines}]
     meta = {"state": state, "encoder": asdict(enc_cfg), "decoder": dec_cfg.to_dict()}
     # The model folder doubles as the checkpoint: weights, tokenizer and this training record.
@@ -663,7 +680,8 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
         for pi, p in enumerate(group["params"]):
             st = {k.split(".", 2)[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"{gi}.{pi}.")}
             if st:
-                if "step" in st:
+                # Fused and capturable AdamW keep the step count beside the parameter, plain AdamW on the CPU.
+                if "step" in st and not (group.get("fused") or group.get("capturable")):
                     st["step"] = st["step"].cpu()
                 opt.state[p] = st
 
