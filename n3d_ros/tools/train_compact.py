@@ -1,9 +1,10 @@
 """Train the built-in compact spatial VLM on the synthetic world and write models/n3d_compact.
 
-    python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --out models/n3d_compact
-    python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --resume models/n3d_compact \
-        --lr 5e-4 --out models/n3d_compact
-(the two stages of the shipped model's recipe: scripts/train_builtin_model.sh)
+    python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --lr-span-end 0.5 --save-optimizer true \
+        --out models/n3d_compact
+    python -m n3d_ros.tools.train_compact --device cuda --minutes 8 --lr-span-start 0.5 --warmup-steps 0 \
+        --resume models/n3d_compact --out models/n3d_compact
+(two stages making one learning-rate schedule; the shipped model's full recipe: scripts/train_builtin_model.sh)
 
 Data: scenes from `n3d_ros.sim` rendered straight onto the model grid (focal-normalized,
 letterboxed camera; the first fill on the training device, refreshes on the workers' CPUs), with
