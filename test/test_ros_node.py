@@ -363,7 +363,8 @@ def test_model_load_failure_keeps_node_alive_and_reports(request):
 
     h = Harness(_env_for_test(request), factory=broken)
     try:
-        assert h.wait_for(lambda: h.node.health().load_error != "", 5.0)
+        # The error is recorded inside on_activate, before rclpy completes the transition back to inactive.
+        assert h.wait_for(lambda: h.node.health().load_error != "" and h.node.health().state != "activating", 5.0)
         health = h.node.health()
         assert health.state == "inactive" and "config.json missing" in health.load_error
         assert not h.client.wait_for_service(timeout_sec=0.5)  # no service while not active
