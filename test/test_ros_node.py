@@ -412,7 +412,7 @@ def test_checkpoint_folder_parameter_missing_folder_is_reported(request, tmp_pat
     h = Harness(_env_for_test(request), factory=default_pipeline_factory, backend=backend,
                 model_dir=str(missing), device="cpu")
     try:
-        assert h.wait_for(lambda: h.node.health().load_error != "", 60.0)
+        assert h.wait_for(lambda: h.node.health().load_error != "" and h.node.health().state != "activating", 60.0)
         health = h.node.health()
         assert health.state == "inactive"
         assert str(missing) in health.load_error and "does not exist" in health.load_error
