@@ -81,7 +81,7 @@ class TrainConfig:
     neighbour_weight: float = NEIGHBOUR_WEIGHT  # dense head: weight of the 8 patches around a centre
     compile: str = "none"            # torch.compile: none | encoder (see compile_for_training)
     fine_features: bool = False      # new encoders also read stride-8 features into their tokens
-                                     # (not in the shipped model; see CompactEncoderConfig)
+                                     # (the shipped model's recipe turns it on; see CompactEncoderConfig)
 
     def __post_init__(self) -> None:
         if self.compile not in ("none", "encoder"):
@@ -423,7 +423,7 @@ def _box_loss(pred: torch.Tensor, params: torch.Tensor, patch_z: torch.Tensor,
     tgt = params.clone()
     tgt[:, 2] = tgt[:, 2] - torch.log(patch_z.clamp_min(0.05))
     per_row = (F.smooth_l1_loss(pred, tgt, reduction="none", beta=0.05) * BOX_WEIGHTS.to(pred.device)).sum(-1)
-    return per_row.mean() if weight is None else (per_row * weight).sum() / weight.sum().clamp_min(1e-6)
+    return per_row.mean() if weight is None else _weighted_mean(per_row, weight)
 
 
 def _heat_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -436,10 +436,11 @@ def _heat_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (pos_loss + neg_loss) / pos.sum().clamp_min(1)
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over mask without boolean indexing (which would wait for the GPU)."""
-    m = mask.to(x.dtype)
-    return (x * m).sum() / m.sum().clamp_min(1)
+def _weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of `x` weighted by `weight` (a boolean mask or non-negative weights; 0 if they are all 0),
+    without boolean indexing (which would wait for the GPU)."""
+    w = weight.to(x.dtype)
+    return (x * w).sum() / w.sum().clamp_min(1e-6)
 
 
 def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig):
@@ -450,7 +451,7 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
     valid_gt = depth_gt > 0.05
     points, mask_logits, features = enc(image, rays)
     z = points[:, 2:3].clamp_min(1e-3)
-    depth_loss = _masked_mean((torch.log(z) - torch.log(depth_gt.clamp_min(1e-3))).abs(), valid_gt)
+    depth_loss = _weighted_mean((torch.log(z) - torch.log(depth_gt.clamp_min(1e-3))).abs(), valid_gt)
     mask_loss = F.binary_cross_entropy_with_logits(mask_logits, valid_gt.float())
 
     # Decoder geometry: measured depth (with holes and 1% noise) for half the images, else the estimate.
@@ -488,7 +489,7 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
         if len(pos_idx):
             r, patch, kind, colour = pos_idx.unbind(-1)
             colour_ce = F.cross_entropy(colour_logit[r, patch, kind].float(), colour, reduction="none")
-            colour_loss = (colour_ce * pos_weight).sum() / pos_weight.sum().clamp_min(1e-6)
+            colour_loss = _weighted_mean(colour_ce, pos_weight)
             dbox_loss = _box_loss(dense_box[r, patch, kind].float(), pos_params, out["patch_points"][r, patch, 2],
                                   pos_weight)
             total = total + 0.5 * colour_loss + dbox_loss
