@@ -7,7 +7,7 @@ from n3d_ros.core.box import Box3D
 from n3d_ros.core.camera import CameraModel
 from n3d_ros.core.frames import axis_rotation
 from n3d_ros.core.questions import QuerySpec, QuestionKind
-from n3d_ros.vlm.compact_model import CompactSpatialDecoder, CompactVLMConfig
+from n3d_ros.vlm.compact_model import CompactSpatialDecoder, CompactVLMConfig, depth_detail
 from n3d_ros.vlm.compact_targets import box_to_target, output_tokens, target_to_box
 from n3d_ros.vlm.compact_tokenizer import CompactTokenizer
 
@@ -222,3 +222,50 @@ def test_dense_grounding_picks_the_phrase_peak_not_the_strongest_object():
     obj, _ = g.ground(torch.zeros(1, 32), "chair", 1)
     u, v = g.enc.camera.project(obj.box.center[None])[0]
     assert (int(u // 16), int(v // 16)) == (1, 1)                        # the strongest chair
+
+
+def test_depth_detail_reads_the_surfaces_inside_a_patch():
+    # One 4x4-pixel patch (2x2 cells of 2x2 px): left half at 1 m, right half at 2 m, one pixel invalid.
+    z = torch.tensor([[1.0, 1.0, 2.0, 2.0]] * 4)
+    points = torch.stack([torch.zeros(4, 4), torch.zeros(4, 4), z])[None]
+    valid = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    valid[0, 0, 3, 3] = False
+    d = depth_detail(points, valid, patch=4, cells=2)[0, 0]
+    assert d.shape == (2 * 4 + 2,)
+    patch_z = (8 * 1.0 + 7 * 2.0) / 15                         # mean over the 15 valid pixels
+    rel, frac, near, far = d[:4], d[4:8], d[8], d[9]
+    expect = torch.log(torch.tensor([1.0, 2.0, 1.0, 2.0]) / patch_z)
+    torch.testing.assert_close(rel, expect)                    # cells row-major: top-left, top-right, ...
+    torch.testing.assert_close(frac, torch.tensor([1.0, 1.0, 1.0, 0.75]))
+    torch.testing.assert_close(near, torch.log(torch.tensor(1.0 / patch_z)))
+    torch.testing.assert_close(far, torch.log(torch.tensor(2.0 / patch_z)))
+    # Nothing valid: all zeros, nothing infinite.
+    empty = depth_detail(points, torch.zeros_like(valid), patch=4, cells=2)
+    assert torch.all(empty == 0)
+
+
+def test_depth_detail_widens_the_geometry_and_keeps_old_configs():
+    base = dict(vocab_size=40, d_model=32, n_layers=1, n_heads=4, feature_dim=8, grid_h=3, grid_w=4,
+                kinds=KINDS, colours=COLOURS)
+    old, new = CompactVLMConfig(**base), CompactVLMConfig(**base, depth_cells=4)
+    assert new.geo_dim == old.geo_dim + 2 * 16 + 2
+    assert CompactVLMConfig.from_dict({k: v for k, v in old.to_dict().items() if k != "depth_cells"}) == old
+    with pytest.raises(ValueError, match="depth_cells"):
+        CompactVLMConfig(**base, depth_cells=5)
+    dec = CompactSpatialDecoder(new).eval()
+    pts = torch.rand(1, 3, 48, 64) + torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    valid = torch.ones(1, 1, 48, 64, dtype=torch.bool)
+    tok, geo, _ = dec.embed_image(torch.randn(1, 8, 3, 4), pts, valid)
+    assert tok.shape == (1, 12, 32) and geo.shape == (1, 12, new.geo_dim)
+    heat, _, _ = dec.dense(torch.randn(1, 12, 32), geo)
+    assert heat.shape == (1, 12, len(KINDS))
+    # Two point maps with the same patch means but different surfaces (a wall at 2 m; columns at 1 and 3 m):
+    # only the detail tells them apart.
+    flat = torch.ones(1, 3, 48, 64) * torch.tensor([0.0, 0.0, 2.0]).view(1, 3, 1, 1)
+    split = flat.clone()
+    split[:, 2, :, 0::8], split[:, 2, :, 4::8] = 1.0, 3.0
+    for cfg, differ in ((old, False), (new, True)):
+        d = CompactSpatialDecoder(cfg).eval()
+        t_flat, _, _ = d.embed_image(torch.zeros(1, 8, 3, 4), flat, valid)
+        t_split, _, _ = d.embed_image(torch.zeros(1, 8, 3, 4), split, valid)
+        assert torch.allclose(t_flat, t_split, atol=1e-5) != differ

@@ -57,8 +57,10 @@ def test_refresh_swaps_images_and_questions_together(tmp_path):
 
 def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     out = tmp_path / "model"
+    # The recipe's architecture: fine features in the encoder, sub-patch depth detail in the decoder.
     cfg = TrainConfig(out=str(out), device="cpu", minutes=0.05, scenes=6, workers=1, render_batch=6,
-                      images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1)
+                      images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
+                      fine_features=True, depth_cells=4)
     meta = train(cfg)
     assert meta["state"]["step"] >= 1
     for f in ("config.json", "encoder.safetensors", "encoder.onnx", "decoder.safetensors", "tokenizer.json",
@@ -66,6 +68,7 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
         assert (out / f).is_file(), f
     state = json.loads((out / "training_state.json").read_text())
     assert state["state"]["runs"][0]["config"]["scenes"] == 6
+    assert json.loads((out / "config.json").read_text())["decoder"]["depth_cells"] == 4
     from n3d_ros.ros.sim_camera_node import render_sim_frame
     from n3d_ros.vlm.compact_backend import CompactSpatialVLM
     from n3d_ros.vlm.contract import SceneInput
@@ -73,6 +76,8 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     frame = render_sim_frame(1_000_124, width=160, height=120)
     g = vlm.ground(SceneInput(frame.rgb, frame.camera), "where is the red cabinet?")
     assert g.raw_text  # an untrained model says something; it must not crash
+    g = vlm.ground(SceneInput(frame.rgb, frame.camera, depth=frame.depth), "how many chairs are there?")
+    assert g.raw_text  # the measured-depth path through the depth detail
     vlm.close()
 
 

@@ -82,6 +82,7 @@ class TrainConfig:
     compile: str = "none"            # torch.compile: none | encoder (see compile_for_training)
     fine_features: bool = False      # new encoders also read stride-8 features into their tokens
                                      # (the shipped model's recipe turns it on; see CompactEncoderConfig)
+    depth_cells: int = 0             # new decoders: sub-patch depth detail (CompactVLMConfig.depth_cells)
 
     def __post_init__(self) -> None:
         if self.compile not in ("none", "encoder"):
@@ -256,13 +257,14 @@ def build_tokenizer(n_scenes: int = 400) -> CompactTokenizer:
     return CompactTokenizer.build(texts)
 
 
-def new_decoder_config(tok: CompactTokenizer, enc_cfg: CompactEncoderConfig, *, dense_head: bool
-                       ) -> CompactVLMConfig:
+def new_decoder_config(tok: CompactTokenizer, enc_cfg: CompactEncoderConfig, *, dense_head: bool,
+                       depth_cells: int = 0) -> CompactVLMConfig:
     """Decoder configuration of a model trained from scratch on the sim world's kinds and colours."""
     from ..sim.assets import COLOURS, KINDS
     return CompactVLMConfig(vocab_size=tok.vocab_size, feature_dim=enc_cfg.feature_dim,
                             grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16,
-                            kinds=tuple(KINDS) if dense_head else (), colours=tuple(COLOURS) if dense_head else ())
+                            kinds=tuple(KINDS) if dense_head else (), colours=tuple(COLOURS) if dense_head else (),
+                            depth_cells=depth_cells)
 
 
 class GpuDataset:
@@ -571,7 +573,7 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.time()
         tok = build_tokenizer()
         log(f"tokenizer: {tok.vocab_size} tokens ({time.time() - t0:.1f} s)")
-        dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=cfg.dense_head)
+        dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=cfg.dense_head, depth_cells=cfg.depth_cells)
     if cfg.scene_seed_offset < 0:
         cfg = replace(cfg, scene_seed_offset=int(state.get("next_scene_seed", 0)))
     out = Path(cfg.out)

@@ -46,6 +46,13 @@ class CompactVLMConfig:
     dropout: float = 0.0
     kinds: tuple[str, ...] = ()      # object kinds of the dense head ("" = no dense head)
     colours: tuple[str, ...] = ()    # colour words of the dense head
+    # > 0: each patch's geometry also carries its depth on a cells x cells sub-grid and its nearest and
+    # farthest surface (`depth_detail`); 0 = the patch mean point only (models before v5).
+    depth_cells: int = 0
+
+    def __post_init__(self) -> None:
+        if self.depth_cells < 0 or (self.depth_cells and self.patch % self.depth_cells):
+            raise ValueError(f"depth_cells must be 0 or divide the patch size {self.patch}, got {self.depth_cells}")
 
     @property
     def has_dense_head(self) -> bool:
@@ -54,6 +61,11 @@ class CompactVLMConfig:
     @property
     def n_image_tokens(self) -> int:
         return self.grid_h * self.grid_w
+
+    @property
+    def geo_dim(self) -> int:
+        """Width of a patch's geometry vector (`geometry_encoding`, then `depth_detail` if on)."""
+        return 6 * self.geo_freqs + 1 + (2 * self.depth_cells ** 2 + 2 if self.depth_cells else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +105,39 @@ def geometry_encoding(patch_points: torch.Tensor, valid_frac: torch.Tensor, n_fr
     ang = coords[..., None] * freqs                    # (B,N,3,F)
     enc = torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(2) * has[..., None]
     return torch.cat([enc, valid_frac[..., None]], dim=-1)
+
+
+def depth_detail(points: torch.Tensor, valid: torch.Tensor, patch: int, cells: int) -> torch.Tensor:
+    """Where the surfaces lie inside each patch, relative to the patch's mean depth.
+
+    The mean point of a 16x16 patch blends a small object with the wall behind it; the box head
+    cannot tell how far the object's own surface is from that blend. Per patch:
+    log(cell depth / patch depth) on a cells x cells sub-grid, each cell's valid fraction, and
+    log(nearest / patch depth), log(farthest / patch depth); 0 where nothing is valid.
+    (B,3,H,W), (B,1,H,W) -> (B,N,2*cells^2+2)
+    """
+    B = points.shape[0]
+    valid = valid.bool()
+    w = valid.float()
+    z = torch.nan_to_num(points[:, 2:3].float()).clamp_min(1e-3)
+    h, wd = points.shape[-2] // patch, points.shape[-1] // patch
+    patch_z = (F.avg_pool2d(z * w, patch) / F.avg_pool2d(w, patch).clamp_min(1e-6)).clamp_min(1e-3)
+    has = F.avg_pool2d(w, patch) > 0
+    cell = patch // cells
+    cell_frac = F.avg_pool2d(w, cell)
+    cell_z = F.avg_pool2d(z * w, cell) / cell_frac.clamp_min(1e-6)
+    ref = patch_z.repeat_interleave(cells, dim=2).repeat_interleave(cells, dim=3)
+    rel = torch.where(cell_frac > 0, torch.log(cell_z.clamp_min(1e-3) / ref), torch.zeros_like(ref)).clamp(-2, 2)
+
+    def per_patch(x: torch.Tensor) -> torch.Tensor:   # (B,1,h*c,w*c) -> (B,N,c*c)
+        return x.reshape(B, h, cells, wd, cells).permute(0, 1, 3, 2, 4).reshape(B, h * wd, cells * cells)
+
+    big = torch.finfo(z.dtype).max
+    near = -F.max_pool2d(torch.where(valid, -z, torch.full_like(z, -big)), patch)
+    far = F.max_pool2d(torch.where(valid, z, torch.zeros_like(z)), patch)
+    extremes = torch.cat([torch.log(near.clamp(1e-3, 1e4) / patch_z), torch.log(far.clamp_min(1e-3) / patch_z)], 1)
+    extremes = torch.where(has, extremes, torch.zeros_like(extremes)).clamp(-2, 2)
+    return torch.cat([per_patch(rel), per_patch(cell_frac), extremes.flatten(2).transpose(1, 2)], dim=-1)
 
 
 class Block(nn.Module):
@@ -143,7 +188,7 @@ class CompactSpatialDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        geo_dim = 6 * cfg.geo_freqs + 1
+        geo_dim = cfg.geo_dim
         self.img_proj = nn.Linear(cfg.feature_dim, d)
         self.geo_proj = nn.Sequential(nn.Linear(geo_dim, d), nn.GELU(), nn.Linear(d, d))
         self.img_pos = nn.Parameter(torch.randn(cfg.n_image_tokens, d) * 0.02)
@@ -187,6 +232,8 @@ class CompactSpatialDecoder(nn.Module):
             raise ValueError(f"features grid {tuple(features.shape[-2:])} != ({cfg.grid_h}, {cfg.grid_w})")
         patch_pts, frac = pool_points(points, valid, cfg.patch)
         geo = geometry_encoding(patch_pts, frac, cfg.geo_freqs)
+        if cfg.depth_cells:
+            geo = torch.cat([geo, depth_detail(points, valid, cfg.patch, cfg.depth_cells).to(geo.dtype)], dim=-1)
         tok = self.img_proj(features.flatten(2).transpose(1, 2)) + self.geo_proj(geo) + self.img_pos + self.segment[0]
         return tok, geo, patch_pts
 
