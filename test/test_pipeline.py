@@ -124,7 +124,8 @@ def test_depth_of_the_wrong_size_is_a_clear_error(pipe, frame):
 
 @pytest.mark.parametrize("inference, match", [({"detection_threshold": 1.5}, "detection_threshold"),
                                               ({"phrase_grounding": "magic"}, "phrase_grounding"),
-                                              ({"overlap_nms": 0.0}, "overlap_nms")])
+                                              ({"overlap_nms": 0.0}, "overlap_nms"),
+                                              ({"overlap_nm": 0.3}, "unknown inference settings")])
 def test_bad_inference_settings_are_load_errors(tmp_path, inference, match):
     from n3d_ros.vlm.compact_backend import CompactSpatialVLM
     for f in ("config.json", "decoder.safetensors", "tokenizer.json", "encoder.safetensors"):
@@ -134,6 +135,19 @@ def test_bad_inference_settings_are_load_errors(tmp_path, inference, match):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match=match):
         CompactSpatialVLM(tmp_path, device="cpu")
+
+
+def test_a_folder_without_inference_settings_gets_the_validated_defaults(tmp_path):
+    from n3d_ros.vlm.compact_backend import DEFAULT_INFERENCE, CompactSpatialVLM
+    for f in ("config.json", "decoder.safetensors", "tokenizer.json", "encoder.safetensors"):
+        shutil.copy(default_model_dir() / f, tmp_path / f)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["inference"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    vlm = CompactSpatialVLM(tmp_path, device="cpu")
+    settings = vlm.inference_settings
+    vlm.close()
+    assert {k: settings[k] for k in DEFAULT_INFERENCE} == DEFAULT_INFERENCE
 
 
 def test_questions_about_one_frame_encode_it_once(pipe, frame):

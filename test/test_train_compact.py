@@ -68,7 +68,10 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
         assert (out / f).is_file(), f
     state = json.loads((out / "training_state.json").read_text())
     assert state["state"]["runs"][0]["config"]["scenes"] == 6
-    assert json.loads((out / "config.json").read_text())["decoder"]["depth_cells"] == 4
+    config = json.loads((out / "config.json").read_text())
+    assert config["decoder"]["depth_cells"] == 4
+    from n3d_ros.vlm.compact_backend import DEFAULT_INFERENCE
+    assert config["inference"] == DEFAULT_INFERENCE   # a fresh folder runs with the validated settings
     from n3d_ros.ros.sim_camera_node import render_sim_frame
     from n3d_ros.vlm.compact_backend import CompactSpatialVLM
     from n3d_ros.vlm.contract import SceneInput

@@ -38,7 +38,7 @@ from ..core.questions import SET_KINDS
 from ..geometry.checkpoint_io import load_safetensors, save_safetensors
 from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
 from ..geometry.preprocess import model_grid_transform
-from ..vlm.compact_backend import encoder_config
+from ..vlm.compact_backend import DEFAULT_INFERENCE, encoder_config
 from ..vlm.compact_model import BOX_PARAMS, CompactSpatialDecoder, CompactVLMConfig
 from ..vlm.compact_targets import box_to_target, dense_target, heat_target, output_tokens
 from ..vlm.compact_tokenizer import CompactTokenizer
@@ -651,10 +651,9 @@ def write_model_folder(out: Path, enc, dec, tok: CompactTokenizer, enc_cfg, dec_
     tok.save(out / "tokenizer.json")
     config = {"format": "n3d_compact", "version": 1, "encoder": asdict(enc_cfg), "decoder": dec_cfg.to_dict(),
               "training": {"steps": meta["state"]["step"], "last": meta["state"]["history"][-1:]}}
+    config["inference"] = dict(DEFAULT_INFERENCE)
     if (out / "config.json").is_file():  # keep inference settings tuned after training
-        inference = json.loads((out / "config.json").read_text()).get("inference")
-        if inference:
-            config["inference"] = inference
+        config["inference"] |= json.loads((out / "config.json").read_text()).get("inference", {})
     (out / "config.json").write_text(json.dumps(config, indent=1))
     if export_onnx:
         from ..geometry.compact_runtime import INPUT_NAMES, OUTPUT_NAMES

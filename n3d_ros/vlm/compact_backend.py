@@ -35,8 +35,14 @@ from .contract import Grounding, ModelLoadError, SceneInput, SpatialAnswer
 LOG = logging.getLogger("n3d_ros.vlm")
 REQUIRED_FILES = ("config.json", "decoder.safetensors", "tokenizer.json")
 FORMAT = "n3d_compact"
-DEFAULT_DETECTION_THRESHOLD = 0.3
-DEFAULT_OVERLAP_NMS = 1.0   # fraction of the smaller box shared above which the weaker goes; 1 = off
+# Inference settings of a model folder whose config.json names none (a fresh training run writes them):
+# chosen on validation seeds for the built-in models v3-v5, which all kept them.
+DEFAULT_INFERENCE = {
+    "detection_threshold": 0.3,   # heat-map score above which the dense head reports an object
+    "phrase_grounding": "dense",  # where a named phrase is grounded: "dense" (its heat map) or "pointer"
+    "snap_to_depth": True,        # with measured depth, move each box along its ray onto its surface
+    "overlap_nms": 0.3,           # detections sharing more of the smaller one's volume are one object (1 = off)
+}
 
 
 def default_model_dir() -> Path:
@@ -200,15 +206,15 @@ class CompactSpatialVLM:
         self.device = device
         self.enc_cfg = encoder_config(cfg["encoder"])
         self.dec_cfg = CompactVLMConfig.from_dict(cfg["decoder"])
-        inference = cfg.get("inference", {})
-        # Heat-map score above which the dense head reports an object (chosen on validation seeds).
-        self.detection_threshold = inference.get("detection_threshold", DEFAULT_DETECTION_THRESHOLD)
-        # Where a named phrase is grounded: "dense" (its kind/colour heat map) or "pointer".
-        self.phrase_grounding = inference.get("phrase_grounding", "dense")
-        # With measured depth, move each box along its ray onto the surface it sees (core.box_refine).
-        self.snap_to_depth = bool(inference.get("snap_to_depth", True))
-        # Detections sharing more than this fraction of the smaller one's volume are one object.
-        self.overlap_nms = inference.get("overlap_nms", DEFAULT_OVERLAP_NMS)
+        unknown = sorted(set(cfg.get("inference", {})) - set(DEFAULT_INFERENCE))
+        if unknown:  # a misspelt setting would otherwise be ignored without a word
+            raise ModelLoadError(f"{self.model_dir / 'config.json'}: unknown inference settings {unknown}; "
+                                 f"known: {sorted(DEFAULT_INFERENCE)}")
+        inference = DEFAULT_INFERENCE | cfg.get("inference", {})
+        self.detection_threshold = inference["detection_threshold"]
+        self.phrase_grounding = inference["phrase_grounding"]
+        self.snap_to_depth = bool(inference["snap_to_depth"])   # core.box_refine.snap_to_depth
+        self.overlap_nms = inference["overlap_nms"]             # core.box_overlap.suppress_overlaps
         if not isinstance(self.detection_threshold, (int, float)) or not 0.0 < self.detection_threshold < 1.0:
             raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.detection_threshold must be in "
                                  f"(0, 1), got {self.detection_threshold!r}")
