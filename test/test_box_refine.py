@@ -43,3 +43,51 @@ def test_far_occluders_and_sparse_or_distant_surfaces_leave_the_box_alone():
     assert snap_to_depth(same, pts_far, mask_far, CAM) is same
     behind = Box3D([0.0, 0.0, -1.0], truth.size)
     assert snap_to_depth(behind, pts, mask, CAM) is behind
+
+
+def _render(box: Box3D, background: float = 8.0):
+    """Reference depth image of `box` (optical frame) in front of a wall at `background` m:
+    per pixel, where its ray first enters the box (slab method, written out independently)."""
+    uv = CAM.pixel_grid().reshape(-1, 2)
+    rays = np.concatenate([CAM.pixel_to_normalized(uv), np.ones((len(uv), 1))], axis=1)
+    d = rays @ box.rotation                                # ray directions in the box's axes
+    o = -(box.rotation.T @ box.center)                     # the camera in the box's axes
+    half = box.size / 2
+    with np.errstate(divide="ignore"):
+        ta, tb = (-half - o) / d, (half - o) / d
+    near = np.minimum(ta, tb).max(axis=1)
+    far = np.maximum(ta, tb).min(axis=1)
+    depth = np.where((near < far) & (near > 0), near, background).reshape(CAM.height, CAM.width)
+    return CAM.depth_to_points(depth)
+
+
+def test_box_seen_from_above_lands_on_its_top_and_front_not_behind():
+    # A low, deep slab (a bed) 0.85 m below the camera: most of its footprint is its top face, whose
+    # pixels lie behind its front edge. Each pixel is compared with where its own ray enters the box,
+    # so the box lands where it is; the older rule (front face at the nearest depth of the
+    # footprint's centre) left it 22 cm too far.
+    truth = Box3D([0.0, 1.0, 3.0], [1.0, 0.3, 1.6])
+    pts, mask = _render(truth)
+    for scale in (0.93, 1.08):
+        snapped = snap_to_depth(Box3D(truth.center * scale, truth.size), pts, mask, CAM)
+        np.testing.assert_allclose(snapped.center, truth.center, atol=0.01)
+
+
+def test_turned_box_lands_on_its_visible_faces():
+    # A wide box (a sofa) turned 20 degrees: its nearest corner lies at the edge of its footprint,
+    # the centre of the footprint 15-20 cm behind it (where the older rule put the nearest corner).
+    truth = Box3D.from_yaw([0.3, 0.6, 2.5], [1.8, 0.8, 0.9], np.deg2rad(20))
+    pts, mask = _render(truth)
+    guess = Box3D.from_yaw(truth.center * 0.92, truth.size, np.deg2rad(20))
+    snapped = snap_to_depth(guess, pts, mask, CAM)
+    np.testing.assert_allclose(snapped.center, truth.center, atol=0.01)
+    np.testing.assert_allclose(snapped.rotation, guess.rotation)
+
+
+def test_a_few_stray_pixels_in_front_do_not_pull_the_box():
+    truth = Box3D([0.0, 0.0, 3.0], [0.8, 0.8, 0.4])
+    pts, mask = _render(truth)
+    pts = pts.copy()
+    pts[60, 78:80] *= 2.6 / pts[60, 78:80, 2:3]          # two pixels 0.2 m in front of the face
+    snapped = snap_to_depth(Box3D([0.0, 0.0, 3.15], truth.size), pts, mask, CAM)
+    assert abs(snapped.center[2] - 3.0) < 0.01

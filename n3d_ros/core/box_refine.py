@@ -2,8 +2,18 @@
 
 With an RGB-D camera the learned box head still misplaces boxes along the viewing ray by about
 3 % of the distance (median, built-in model) while the depth image knows the surface to the
-millimetre. The box keeps its size, yaw and direction from the camera; only its distance changes,
-so that its camera-facing side meets the nearest measured surface inside its image footprint.
+millimetre. The box keeps its size, yaw and direction from the camera; only its distance changes.
+
+How the distance is chosen: every measured pixel whose ray passes through the (shrunk) box is
+compared with the depth at which that ray *enters* the box. An object touches its bounding box, so
+where the box sits right, a few of its pixels lie on the box's entry surface and almost none in
+front of it; the box is moved so that a low percentile of (measured depth - entry depth) is zero.
+Comparing each pixel with its own entry depth matters: the older rule put the box's nearest corner
+at the nearest depth of the footprint's central part, and with the camera looking down (tables,
+beds, sofas, chairs) or a turned box that central part lies behind the nearest corner, so boxes were
+pushed too far (median +5 to +13 cm per kind on validation). Validation seeds 2,000,000-2,000,059,
+depth mode, built-in model: AP3D@0.25 / @0.5 0.615 / 0.289 -> 0.669 / 0.471 (no snapping: 0.515 /
+0.316); seeds 2,000,060-2,000,199: 0.535 / 0.273 -> 0.605 / 0.422.
 """
 from __future__ import annotations
 
@@ -16,35 +26,71 @@ from .camera import CameraModel
 from .frames import Frame
 
 
+def ray_box_entry(box: Box3D, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where rays from the optical centre enter `box` (optical frame): (N,) entry parameter t
+    (for rays scaled to z = 1 this is the entry depth) and (N,) bool, whether the ray hits the box
+    in front of the camera. Slab method in the box's own axes."""
+    half = 0.5 * box.size
+    origin = -(box.rotation.T @ box.center)            # the camera in the box's axes
+    d = np.asarray(rays, dtype=np.float64) @ box.rotation
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 = (-half - origin) / d
+        t2 = (half - origin) / d
+    parallel = d == 0                                   # inside that slab for all t, or never
+    inside = np.abs(origin) <= half
+    lo = np.where(parallel, np.where(inside, -np.inf, np.inf), np.minimum(t1, t2))
+    hi = np.where(parallel, np.where(inside, np.inf, -np.inf), np.maximum(t1, t2))
+    t_in, t_out = lo.max(axis=1), hi.min(axis=1)
+    return t_in, (t_in < t_out) & (t_out > 0)
+
+
 def snap_to_depth(box: Box3D, points: np.ndarray, mask: np.ndarray, camera: CameraModel, *,
                   core: float = 0.7, min_points: int = 12, max_shift: float = 0.5,
-                  front_percentile: float = 1.0) -> Box3D:
-    """`box` (optical frame of `camera`) moved along its centre's ray so that its front face lies at the
-    `front_percentile` depth of the measured `points` ((H, W, 3), valid where `mask`) in the central
-    `core` fraction of its 2D footprint, and not in front of the box's own reach (occluders are
-    ignored). Unchanged when fewer than `min_points` points qualify or the move exceeds `max_shift` m.
+                  front_percentile: float = 3.0, reach: float = 0.5, iterations: int = 3) -> Box3D:
+    """`box` (any frame convertible to the optical frame of `camera`) moved along its centre's ray
+    onto the measured `points` ((H, W, 3) optical frame, valid where `mask`).
+
+    The pixels used are those whose ray passes through the box shrunk to `core` of its size about
+    its centre (the footprint's edges are where neighbours and background mix in). For each, the
+    residual is its measured depth minus the depth at which its ray enters the full box; residuals
+    beyond +-`reach` m (background, far occluders) are dropped. The box moves by the
+    `front_percentile` of the residuals, so that the object's nearest measured pixels sit on the
+    box's camera-facing surface while a few stray pixels in front (noise, an occluder's edge) do not
+    pull it. A move along the centre's ray changes each pixel's entry depth by a different amount (a
+    top face seen from above, a turned side), so footprint and residuals are recomputed after the
+    move, up to `iterations` passes or until it moves less than 0.1 mm: exact for box-shaped objects
+    (on validation one pass scored the same, within 1.5 points).
+    Unchanged when fewer than `min_points` residuals qualify or the total move exceeds `max_shift` m.
     """
     b = box.to_frame(Frame.OPTICAL)
-    c = b.center
-    if c[2] <= 1e-3:
+    z0 = float(b.center[2])
+    if z0 <= 1e-3:
         return box
-    uv = b.project_2d(camera)
-    if uv is None:
-        return box
-    u0, v0, u1, v1 = uv
-    du, dv = (u1 - u0) * (1 - core) / 2, (v1 - v0) * (1 - core) / 2
-    cols = slice(max(0, int(np.floor(u0 + du + 0.5))), min(camera.width, int(np.ceil(u1 - du + 0.5))))
-    rows = slice(max(0, int(np.floor(v0 + dv + 0.5))), min(camera.height, int(np.ceil(v1 - dv + 0.5))))
-    z = points[rows, cols, 2][mask[rows, cols]]
-    # Half the box's extent along the optical axis: how far its front face is in front of its centre.
-    half_depth = 0.5 * float(np.abs(b.rotation[2]) @ b.size)
-    reach = half_depth + max_shift
-    z = z[np.isfinite(z) & (np.abs(z - c[2]) <= reach)]
-    if z.size < min_points:
-        return box
-    front = float(np.percentile(z, front_percentile))
-    new_z = front + half_depth
-    if abs(new_z - c[2]) > max_shift:
-        return box
-    moved = replace(b, center=c * (new_z / c[2]))
-    return moved if box.frame == Frame.OPTICAL else moved.to_frame(box.frame)
+    inner = float(np.clip(core, 1e-3, 1.0))
+    for _ in range(max(1, int(iterations))):
+        uv = b.project_2d(camera)
+        if uv is None:
+            return box
+        u0, v0, u1, v1 = uv
+        cols = slice(max(0, int(np.floor(u0))), min(camera.width, int(np.ceil(u1)) + 1))
+        rows = slice(max(0, int(np.floor(v0))), min(camera.height, int(np.ceil(v1)) + 1))
+        p = points[rows, cols].reshape(-1, 3)
+        p = p[mask[rows, cols].reshape(-1) & np.all(np.isfinite(p), axis=1)]
+        p = p[p[:, 2] > 1e-3]
+        if len(p) < min_points:
+            return box
+        rays = p / p[:, 2:3]                            # z = 1: ray parameter = depth
+        _, through_core = ray_box_entry(replace(b, size=b.size * inner), rays)
+        t_in, _ = ray_box_entry(b, rays[through_core])
+        residual = p[through_core, 2] - t_in
+        residual = residual[np.abs(residual) <= reach]
+        if residual.size < min_points:
+            return box
+        step = float(np.percentile(residual, front_percentile))
+        new_z = float(b.center[2]) + step
+        if abs(new_z - z0) > max_shift or new_z <= 1e-3:
+            return box
+        b = replace(b, center=b.center * (new_z / b.center[2]))
+        if abs(step) < 1e-4:
+            break
+    return b if box.frame == Frame.OPTICAL else b.to_frame(box.frame)
