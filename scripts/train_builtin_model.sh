@@ -19,7 +19,7 @@ out=${2:-models/n3d_compact}
 shift $(( $# < 2 ? $# : 2 ))
 common=(--device cuda --workers "${WORKERS:-14}" --scenes 16000 --images-per-step 48 --questions-per-image 4
         --refresh-fraction 0.05 --dense-head true --neighbour-weight 0.5 --compile encoder --fine-features true
-        --depth-cells 4 --lr 1e-3 --minutes "${MINUTES:-8.0}" --wall-minutes "${WALL_MINUTES:-9.2}" --out "$out")
+        --lr 1e-3 --minutes "${MINUTES:-8.0}" --wall-minutes "${WALL_MINUTES:-9.2}" --out "$out")
 case "$stage" in
   1) python -m n3d_ros.tools.train_compact "${common[@]}" --refresh-every-steps 80 --warmup-steps 300 \
        --lr-span-end 0.5 --save-optimizer true "$@" ;;

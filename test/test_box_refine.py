@@ -91,3 +91,12 @@ def test_a_few_stray_pixels_in_front_do_not_pull_the_box():
     pts[60, 78:80] *= 2.6 / pts[60, 78:80, 2:3]          # two pixels 0.2 m in front of the face
     snapped = snap_to_depth(Box3D([0.0, 0.0, 3.15], truth.size), pts, mask, CAM)
     assert abs(snapped.center[2] - 3.0) < 0.01
+
+
+def test_a_large_footprint_read_on_a_stride_lands_in_the_same_place():
+    truth = Box3D.from_yaw([0.0, 0.5, 1.6], [1.8, 0.8, 0.9], np.deg2rad(15))   # fills most of the image
+    pts, mask = _render(truth)
+    guess = Box3D.from_yaw(truth.center * 1.06, truth.size, np.deg2rad(15))
+    for max_pixels in (10**9, 2048, 256):
+        snapped = snap_to_depth(guess, pts, mask, CAM, max_pixels=max_pixels)
+        np.testing.assert_allclose(snapped.center, truth.center, atol=0.01)
