@@ -36,3 +36,13 @@ def test_preprocess_bench_prints_one_row_per_camera(capsys):
     assert len(rows) == len(bench.CAMERAS)
     for row in rows:
         assert all(float(c) > 0 for c in row.strip("| ").split(" | ")[1:]), row
+
+
+def test_snap_bench_times_the_boxes_the_backend_snaps(capsys):
+    bench = _load_bench("bench_snap")
+    bench.main(["--scenes", "2", "--repeats", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "ms a box" not in line]
+    assert len(rows) == len(bench.SETTINGS)
+    assert int(out.split()[0]) > 0              # boxes were recorded from the real backend
+    assert all(float(r.split("|")[2]) > 0 for r in rows)
