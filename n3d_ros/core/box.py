@@ -10,7 +10,7 @@ from .frames import (UP, YAW_AXIS, Frame, axis_rotation, orthonormalize,
                      rotation_between)
 
 # Corner order: bit 0 -> +x/-x, bit 1 -> +y/-y, bit 2 -> +z/-z of the box's own axes.
-_CORNER_SIGNS = np.array([[(1 if i & 1 else -1), (1 if i & 2 else -1), (1 if i & 4 else -1)]
+CORNER_SIGNS = np.array([[(1 if i & 1 else -1), (1 if i & 2 else -1), (1 if i & 4 else -1)]
                           for i in range(8)], dtype=np.float64)
 # The 12 edges as corner index pairs (corners that differ in exactly one bit).
 BOX_EDGES = tuple((i, i | b) for i in range(8) for b in (1, 2, 4) if not i & b)
@@ -76,8 +76,8 @@ class Box3D:
         return bool(abs(abs(self.rotation[axis, axis]) - 1.0) < 1e-6)
 
     def corners(self) -> np.ndarray:
-        """(8, 3) corners in `frame` (see _CORNER_SIGNS for the order)."""
-        local = _CORNER_SIGNS * (self.size / 2.0)
+        """(8, 3) corners in `frame` (see CORNER_SIGNS for the order)."""
+        local = CORNER_SIGNS * (self.size / 2.0)
         return local @ self.rotation.T + self.center
 
     def contains(self, points: np.ndarray, *, margin: float = 0.0) -> np.ndarray:

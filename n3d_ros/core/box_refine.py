@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .box import Box3D
+from .box import CORNER_SIGNS, Box3D
 from .camera import CameraModel
 from .frames import Frame
 
@@ -46,9 +46,6 @@ def _ray_box_entry(center: np.ndarray, half: np.ndarray, rotation: np.ndarray, r
     hi = np.where(parallel, np.where(inside, np.inf, -np.inf), np.maximum(t1, t2))
     t_in, t_out = lo.max(axis=1), hi.min(axis=1)
     return t_in, (t_in < t_out) & (t_out > 0)
-
-
-_CORNER_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
 
 
 def snap_to_depth(box: Box3D, points: np.ndarray, mask: np.ndarray, camera: CameraModel, *,
@@ -80,7 +77,7 @@ def snap_to_depth(box: Box3D, points: np.ndarray, mask: np.ndarray, camera: Came
         return box
     inner = half * float(np.clip(core, 1e-3, 1.0))
     for _ in range(max(1, int(iterations))):
-        corners = centre + (_CORNER_SIGNS * half) @ R.T
+        corners = centre + (CORNER_SIGNS * half) @ R.T
         if np.all(corners[:, 2] > 1e-3):   # the corners' image bounds the footprint (a pinhole grid)
             uv = camera.project(corners)
             (u0, v0), (u1, v1) = uv.min(axis=0) - 1, uv.max(axis=0) + 1

@@ -47,7 +47,7 @@ class CompactVLMConfig:
     kinds: tuple[str, ...] = ()      # object kinds of the dense head ("" = no dense head)
     colours: tuple[str, ...] = ()    # colour words of the dense head
     # > 0: each patch's geometry also carries its depth on a cells x cells sub-grid and its nearest and
-    # farthest surface (`depth_detail`); 0 = the patch mean point only (models before v5).
+    # farthest surface (`depth_detail`); 0 = the patch mean point only (the shipped model).
     depth_cells: int = 0
 
     def __post_init__(self) -> None:
