@@ -1,7 +1,9 @@
 """The built-in compact spatial VLM as a `SpatialVLM` backend.
 
 Model folder layout (models/n3d_compact):
-  config.json          {"format": "n3d_compact", "encoder": {...}, "decoder": {...}}
+  config.json          {"format": "n3d_compact", "encoder": {...}, "decoder": {...}, "inference": {...}}
+                       (inference: DEFAULT_INFERENCE's keys; missing ones take its values, unknown ones
+                       are a load error)
   encoder.onnx         geometry encoder graph (TensorRT / ONNX Runtime)
   encoder.safetensors  the same weights for the PyTorch backend
   decoder.safetensors  decoder with grounding heads
