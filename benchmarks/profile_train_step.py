@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", choices=("none", "encoder"), default="none")
     p.add_argument("--fine-features", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--depth-cells", type=int, default=0, help="sub-patch depth detail of the decoder (0 = off)")
+    p.add_argument("--source-embedding", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                   help="decoder's measured/estimated geometry embedding")
+    p.add_argument("--encoder-context", type=int, default=0, help="encoder self-attention blocks at stride 16")
     p.add_argument("--kernels", action="store_true", help="also report GPU busy time per step (torch.profiler)")
     a = p.parse_args(argv)
     cfg = TrainConfig(device=a.device, scenes=a.scenes, images_per_step=a.images_per_step,
@@ -48,8 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     tok = build_tokenizer(n_scenes=100)
     tok_path = "/tmp/n3d_profile_tokenizer.json"
     tok.save(tok_path)
-    enc_cfg = CompactEncoderConfig(fine_features=a.fine_features)
-    dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=a.dense_head, depth_cells=a.depth_cells)
+    enc_cfg = CompactEncoderConfig(fine_features=a.fine_features, context_layers=a.encoder_context)
+    dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=a.dense_head, depth_cells=a.depth_cells,
+                                 source_embedding=a.source_embedding)
     enc = CompactGeometryEncoder(enc_cfg).to(a.device)
     dec = CompactSpatialDecoder(dec_cfg).to(a.device)
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, print)

@@ -269,3 +269,30 @@ def test_depth_detail_widens_the_geometry_and_keeps_old_configs():
         t_flat, _, _ = d.embed_image(torch.zeros(1, 8, 3, 4), flat, valid)
         t_split, _, _ = d.embed_image(torch.zeros(1, 8, 3, 4), split, valid)
         assert torch.allclose(t_flat, t_split, atol=1e-5) != differ
+
+
+def test_source_embedding_tells_measured_from_estimated_geometry():
+    base = dict(vocab_size=40, d_model=32, n_layers=1, n_heads=4, feature_dim=8, grid_h=3, grid_w=4,
+                kinds=KINDS, colours=COLOURS)
+    old = CompactVLMConfig(**base)
+    assert CompactVLMConfig.from_dict({k: v for k, v in old.to_dict().items() if k != "source_embedding"}) == old
+    torch.manual_seed(0)
+    dec = CompactSpatialDecoder(CompactVLMConfig(**base, source_embedding=True)).eval()
+    feats = torch.randn(2, 8, 3, 4)
+    pts = torch.rand(2, 3, 48, 64) + torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    valid = torch.ones(2, 1, 48, 64, dtype=torch.bool)
+    with pytest.raises(ValueError, match="measured"):
+        dec.embed_image(feats, pts, valid)          # silently treating it as one or the other would be wrong
+    est, _, _ = dec.embed_image(feats, pts, valid, torch.tensor([False, False]))
+    mixed, _, _ = dec.embed_image(feats, pts, valid, torch.tensor([False, True]))
+    torch.testing.assert_close(mixed[0], est[0])
+    torch.testing.assert_close(mixed[1] - est[1], (dec.source[1] - dec.source[0]).expand(12, -1))
+    q = torch.tensor([[5, 6]])
+    s_est, _ = dec.prefill(feats[:1], pts[:1], valid[:1], q, measured=False)
+    s_meas, _ = dec.prefill(feats[:1], pts[:1], valid[:1], q, measured=True)
+    assert not torch.allclose(s_est.image_out, s_meas.image_out)
+    # The old decoder ignores the flag.
+    plain = CompactSpatialDecoder(old).eval()
+    a, _, _ = plain.embed_image(feats, pts, valid, torch.tensor([False, True]))
+    b, _, _ = plain.embed_image(feats, pts, valid)
+    torch.testing.assert_close(a, b)

@@ -306,3 +306,25 @@ def test_prompt_targets_passes_ground_truth_phrases(samples):
     seen.clear()
     E.evaluate_mode(Recording(), samples, "monocular", E.EvalConfig(prompt_targets=True))
     assert seen == [q.targets for s in samples for q in s.questions]
+
+
+def test_bench_variants_script_ranks_model_folders(tmp_path):
+    """scripts/bench_variants.sh (the validation half of a recipe sweep) on the CPU: one JSON per folder
+    and a table ranked by the mean of QA and AP3D@0.25 in both modes."""
+    import os
+    import subprocess
+    from pathlib import Path
+    from n3d_ros.vlm.compact_backend import default_model_dir
+    (tmp_path / "shipped").symlink_to(default_model_dir())
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_variants.sh"
+    env = {**os.environ, "DEVICE": "cpu", "SCENES": "1"}
+    out = subprocess.run(["bash", str(script), str(tmp_path), "shipped"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr + out.stdout
+    data = json.loads((tmp_path / "shipped.val.json").read_text())
+    assert data["config"]["first_seed"] == 2_000_000   # validation seeds, never the test seeds
+    row = out.stdout.strip().splitlines()[-1].split("|")
+    m = data["modes"]
+    score = (m["monocular"]["qa_accuracy"] + m["depth"]["qa_accuracy"] + m["monocular"]["ap3d"]["0.25"]
+             + m["depth"]["ap3d"]["0.25"]) / 4
+    assert row[1].strip() == "shipped" and float(row[2]) == pytest.approx(score, abs=1e-3)

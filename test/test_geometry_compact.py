@@ -47,9 +47,33 @@ def test_fine_features_add_the_stride8_map_to_the_tokens():
         torch.testing.assert_close(fine(img, rays)[2], ref)   # the fine map is added, nothing else changes
 
 
+def test_context_blocks_start_as_identity_and_then_mix_the_whole_image():
+    torch.manual_seed(0)
+    plain = CompactGeometryEncoder(CompactEncoderConfig()).eval()
+    ctx = CompactGeometryEncoder(CompactEncoderConfig(context_layers=2)).eval()
+    assert count_parameters(ctx) - count_parameters(plain) < 1_000_000
+    ctx.load_state_dict(plain.state_dict(), strict=False)     # all but the context blocks
+    img, rays = torch.rand(1, 3, 96, 128), torch.randn(1, 2, 96, 128) * 0.5
+    with torch.no_grad():
+        for a, b in zip(ctx(img, rays), plain(img, rays)):
+            torch.testing.assert_close(a, b)                     # zeroed projections: identity at the start
+    # A block mixes all tokens: changing the first token changes the last one's output.
+    blk = ctx.context[0]
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        t = torch.randn(1, 12, 224)
+        t2 = t.clone()
+        t2[:, 0] += torch.randn(224)   # (a constant shift would vanish in the layer norm)
+        assert (blk(t2) - blk(t))[:, -1].abs().max() > 1e-4
+        assert blk(t).shape == t.shape
+
+
 def test_config_rejects_bad_grid():
     with pytest.raises(ValueError, match="multiples of 16"):
         CompactEncoderConfig(in_width=100)
+    with pytest.raises(ValueError, match="context_heads"):
+        CompactEncoderConfig(context_layers=1, context_heads=5)
 
 
 def test_safetensors_round_trip_and_mismatch(tmp_path):

@@ -26,6 +26,17 @@ def module():
     return CompactGeometryEncoder(CFG).eval()
 
 
+@pytest.fixture(scope="module")
+def context_module():
+    """With global self-attention blocks (their projections made non-zero, or they would be identity)."""
+    torch.manual_seed(1)
+    m = CompactGeometryEncoder(CompactEncoderConfig(**{**CFG.__dict__, "context_layers": 1, "context_heads": 2}))
+    with torch.no_grad():
+        for p in list(m.context.parameters()) + list(m.context_pos.parameters()):
+            p.add_(torch.randn_like(p) * 0.1)
+    return m.eval()
+
+
 def _dims(path):
     m = onnx.load(str(path))
     return m, [[d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in m.graph.input]
@@ -45,6 +56,14 @@ def test_fixed_shapes(module, tmp_path):
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_dynamic_shapes_run_at_other_sizes(module, tmp_path, exporter):
+    _check_dynamic(module, tmp_path, exporter)
+
+
+def test_context_blocks_export_with_dynamic_shapes(context_module, tmp_path):
+    _check_dynamic(context_module, tmp_path, "torchscript")
+
+
+def _check_dynamic(module, tmp_path, exporter):
     rep = export_onnx(module, tmp_path / f"dyn_{exporter}.onnx", example_inputs=_example(),
                       input_names=NAMES_IN, output_names=NAMES_OUT, dynamic=True, exporter=exporter)
     assert rep.exporter == exporter and rep.rel_err < 1e-5

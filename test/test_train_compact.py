@@ -57,10 +57,11 @@ def test_refresh_swaps_images_and_questions_together(tmp_path):
 
 def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     out = tmp_path / "model"
-    # The recipe's architecture: fine features in the encoder, sub-patch depth detail in the decoder.
+    # Every architecture option at once: fine features and global context in the encoder, sub-patch depth
+    # detail and the geometry-source embedding in the decoder.
     cfg = TrainConfig(out=str(out), device="cpu", minutes=0.05, scenes=6, workers=1, render_batch=6,
                       images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
-                      fine_features=True, depth_cells=4)
+                      fine_features=True, depth_cells=4, source_embedding=True, encoder_context=1)
     meta = train(cfg)
     assert meta["state"]["step"] >= 1
     for f in ("config.json", "encoder.safetensors", "encoder.onnx", "decoder.safetensors", "tokenizer.json",
@@ -69,18 +70,23 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     state = json.loads((out / "training_state.json").read_text())
     assert state["state"]["runs"][0]["config"]["scenes"] == 6
     config = json.loads((out / "config.json").read_text())
-    assert config["decoder"]["depth_cells"] == 4
+    assert config["decoder"]["depth_cells"] == 4 and config["decoder"]["source_embedding"] is True
+    assert config["encoder"]["context_layers"] == 1
     from n3d_ros.vlm.compact_backend import DEFAULT_INFERENCE
     assert config["inference"] == DEFAULT_INFERENCE   # a fresh folder runs with the validated settings
     from n3d_ros.ros.sim_camera_node import render_sim_frame
     from n3d_ros.vlm.compact_backend import CompactSpatialVLM
     from n3d_ros.vlm.contract import SceneInput
     vlm = CompactSpatialVLM(out, device="cpu")
+    seen = []                                          # which geometry source the decoder was told
+    embed = vlm.decoder.embed_image
+    vlm.decoder.embed_image = lambda *a: seen.append(bool(a[3])) or embed(*a)
     frame = render_sim_frame(1_000_124, width=160, height=120)
     g = vlm.ground(SceneInput(frame.rgb, frame.camera), "where is the red cabinet?")
     assert g.raw_text  # an untrained model says something; it must not crash
     g = vlm.ground(SceneInput(frame.rgb, frame.camera, depth=frame.depth), "how many chairs are there?")
-    assert g.raw_text  # the measured-depth path through the depth detail
+    assert g.raw_text  # the measured-depth path through the depth detail and the source embedding
+    assert seen == [False, True]
     vlm.close()
 
 

@@ -2,7 +2,8 @@
 
 A small fully-convolutional network (~2.8M parameters, ~30 ms at 320x240 on 2 CPU cores) built only from ops that export to ONNX
 opset 17 and TensorRT cleanly: conv, GroupNorm, GELU, average pooling, bilinear interpolation
-(align_corners=False), with no data-dependent shapes. Depth is predicted as a sigmoid-bounded
+(align_corners=False), and (with `context_layers`) LayerNorm, matmul and softmax over the stride-16
+tokens, with no data-dependent shapes. Depth is predicted as a sigmoid-bounded
 log-depth at stride 4 and upsampled; the points are depth * (x/z, y/z, 1) of the known rays, so
 the metric geometry is always consistent with the camera's true intrinsics.
 """
@@ -31,12 +32,17 @@ class CompactEncoderConfig:
     min_depth: float = 0.1                         # m
     max_depth: float = 30.0                        # m
     fine_features: bool = False                    # tokens also read the stride-8 FPN map (small objects)
+    context_layers: int = 0                        # self-attention blocks over the stride-16 map (0 = none)
+    context_heads: int = 4
 
     def __post_init__(self) -> None:
         if self.in_width % 16 or self.in_height % 16:
             raise ValueError(f"grid must be multiples of 16, got {self.in_width}x{self.in_height}")
         if not 0 < self.min_depth < self.max_depth:
             raise ValueError(f"need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
+        if self.context_layers < 0 or (self.context_layers and self.widths[3] % self.context_heads):
+            raise ValueError(f"context_layers must be >= 0 and context_heads ({self.context_heads}) must divide "
+                             f"the stride-16 width {self.widths[3]}")
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -62,6 +68,36 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pw2(F.gelu(self.pw1(self.norm(self.dw(x)))))
+
+
+class _ContextBlock(nn.Module):
+    """Pre-norm self-attention + MLP over the stride-16 tokens, residual, starting as identity.
+
+    Written with matmul/softmax (not scaled_dot_product_attention) so that the ONNX graph holds only
+    ops TensorRT and ONNX Runtime run everywhere; at 300 tokens the attention matrix is small.
+    """
+
+    def __init__(self, channels: int, heads: int, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        self.ln2 = nn.LayerNorm(channels)
+        self.mlp1 = nn.Linear(channels, mlp_ratio * channels)
+        self.mlp2 = nn.Linear(mlp_ratio * channels, channels)
+        for m in (self.proj, self.mlp2):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, C)."""
+        B, N, C = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.ln1(x)).reshape(B, N, 3, h, C // h).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) * (C // h) ** -0.5, dim=-1) @ v   # (B,h,N,C/h)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, N, C))
+        return x + self.mlp2(F.gelu(self.mlp1(self.ln2(x))))
 
 
 class CompactGeometryEncoder(nn.Module):
@@ -90,6 +126,15 @@ class CompactGeometryEncoder(nn.Module):
         # A 2x2 stride-2 conv over the stride-8 map puts each token's four sub-cells into it: a mug
         # 8 px wide fills a quarter of a 16 px patch, and its colour and outline live at stride 8.
         self.fine = nn.Conv2d(d, cfg.feature_dim, 2, 2) if cfg.fine_features else None
+        # Global context: how far the scene is (its scale) shows in cues spread over the whole image (the
+        # floor's perspective, the sizes of several objects), beyond the convolutions' reach. Each token
+        # knows where it looks through its ray direction.
+        self.context = nn.ModuleList(_ContextBlock(w[3], cfg.context_heads) for _ in range(cfg.context_layers))
+        self.context_pos = nn.Sequential(nn.Linear(2, w[3]), nn.GELU(), nn.Linear(w[3], w[3])) \
+            if cfg.context_layers else None
+        if self.context_pos is not None:  # with the blocks' zeroed projections: the context starts as identity
+            nn.init.zeros_(self.context_pos[-1].weight)
+            nn.init.zeros_(self.context_pos[-1].bias)
         self.log_min = math.log(cfg.min_depth)
         self.log_max = math.log(cfg.max_depth)
 
@@ -106,6 +151,12 @@ class CompactGeometryEncoder(nn.Module):
             x = stage(x)
             skips.append(x)
         s4, s8, s16 = skips[1], skips[2], skips[3]
+        if self.context_pos is not None:
+            B, C, h, w = s16.shape
+            t = s16.flatten(2).transpose(1, 2) + self.context_pos(F.avg_pool2d(rays, 16).flatten(2).transpose(1, 2))
+            for blk in self.context:
+                t = blk(t)
+            s16 = t.transpose(1, 2).reshape(B, C, h, w)
         p16 = self.lateral[2](s16)
         p8 = self.smooth8(self.lateral[1](s8) + _up(p16, s8))
         p4 = self.lateral[0](s4) + _up(p8, s4)

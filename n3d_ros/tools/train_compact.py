@@ -83,6 +83,8 @@ class TrainConfig:
     fine_features: bool = False      # new encoders also read stride-8 features into their tokens
                                      # (the shipped model's recipe turns it on; see CompactEncoderConfig)
     depth_cells: int = 0             # new decoders: sub-patch depth detail (CompactVLMConfig.depth_cells)
+    source_embedding: bool = False   # new decoders: measured/estimated geometry embedding (CompactVLMConfig)
+    encoder_context: int = 0         # new encoders: global self-attention blocks at stride 16 (CompactEncoderConfig)
 
     def __post_init__(self) -> None:
         if self.compile not in ("none", "encoder"):
@@ -258,13 +260,13 @@ def build_tokenizer(n_scenes: int = 400) -> CompactTokenizer:
 
 
 def new_decoder_config(tok: CompactTokenizer, enc_cfg: CompactEncoderConfig, *, dense_head: bool,
-                       depth_cells: int = 0) -> CompactVLMConfig:
+                       depth_cells: int = 0, source_embedding: bool = False) -> CompactVLMConfig:
     """Decoder configuration of a model trained from scratch on the sim world's kinds and colours."""
     from ..sim.assets import COLOURS, KINDS
     return CompactVLMConfig(vocab_size=tok.vocab_size, feature_dim=enc_cfg.feature_dim,
                             grid_h=enc_cfg.in_height // 16, grid_w=enc_cfg.in_width // 16,
                             kinds=tuple(KINDS) if dense_head else (), colours=tuple(COLOURS) if dense_head else (),
-                            depth_cells=depth_cells)
+                            depth_cells=depth_cells, source_embedding=source_embedding)
 
 
 class GpuDataset:
@@ -465,7 +467,8 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
     gt_valid = valid_gt & ~holes
     geo_points = torch.where(use_gt, gt_points, points.detach())
     geo_valid = torch.where(use_gt, gt_valid, mask_logits.detach() > 0)
-    out = dec.forward_train(features, geo_points, geo_valid, image_index, q_ids, q_pad, out_in, region)
+    out = dec.forward_train(features, geo_points, geo_valid, image_index, q_ids, q_pad, out_in, region,
+                            measured=use_gt.reshape(-1))
     tok_loss = F.cross_entropy(out["logits"].flatten(0, 1).float(), out_tgt.flatten(), ignore_index=-100)
 
     up_gt = ds.up[img_idx][image_index]
@@ -560,7 +563,7 @@ def train(cfg: TrainConfig) -> dict:
         print(line, flush=True)
         log_lines.append(line)
 
-    enc_cfg = CompactEncoderConfig(fine_features=cfg.fine_features)
+    enc_cfg = CompactEncoderConfig(fine_features=cfg.fine_features, context_layers=cfg.encoder_context)
     state = {"step": 0, "history": []}
     if cfg.resume:
         r = Path(cfg.resume)
@@ -573,7 +576,8 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.time()
         tok = build_tokenizer()
         log(f"tokenizer: {tok.vocab_size} tokens ({time.time() - t0:.1f} s)")
-        dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=cfg.dense_head, depth_cells=cfg.depth_cells)
+        dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=cfg.dense_head, depth_cells=cfg.depth_cells,
+                                     source_embedding=cfg.source_embedding)
     if cfg.scene_seed_offset < 0:
         cfg = replace(cfg, scene_seed_offset=int(state.get("next_scene_seed", 0)))
     out = Path(cfg.out)

@@ -297,7 +297,7 @@ class CompactSpatialVLM:
         if not q:
             q = [tok.unk_id]
         q_ids = torch.tensor([q], device=self.device)
-        state, patch_pts = dec.prefill(enc.features, enc.points, enc.valid, q_ids)
+        state, patch_pts = dec.prefill(enc.features, enc.points, enc.valid, q_ids, measured=enc.measured is not None)
         ctx = _Grounder(self, state, patch_pts, enc, scene)
 
         parsed = ParsedOutput()

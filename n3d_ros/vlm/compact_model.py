@@ -49,6 +49,10 @@ class CompactVLMConfig:
     # > 0: each patch's geometry also carries its depth on a cells x cells sub-grid and its nearest and
     # farthest surface (`depth_detail`); 0 = the patch mean point only (the shipped model).
     depth_cells: int = 0
+    # A learned embedding on every image token says whether the geometry was measured (a depth camera) or
+    # estimated by the encoder, so the box head may trust a measured point map and correct an estimated
+    # one (whose scale can be off by several percent). False: no such embedding (the v4 model).
+    source_embedding: bool = False
 
     def __post_init__(self) -> None:
         if self.depth_cells < 0 or (self.depth_cells and self.patch % self.depth_cells):
@@ -196,6 +200,7 @@ class CompactSpatialDecoder(nn.Module):
         self.q_pos = nn.Parameter(torch.randn(cfg.max_question_len, d) * 0.02)
         self.o_pos = nn.Parameter(torch.randn(cfg.max_output_len, d) * 0.02)
         self.segment = nn.Parameter(torch.randn(3, d) * 0.02)   # image / question / output
+        self.source = nn.Parameter(torch.randn(2, d) * 0.02) if cfg.source_embedding else None  # estimated / measured
         self.region_proj = nn.Linear(d, d)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
@@ -223,10 +228,11 @@ class CompactSpatialDecoder(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
 
     # ------------------------------------------------------------------ pieces
-    def embed_image(self, features: torch.Tensor, points: torch.Tensor, valid: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """features (B,C,h,w), points (B,3,H,W) metres optical, valid (B,1,H,W) ->
-        tokens (B,N,d), geometry encoding (B,N,G), patch mean points (B,N,3)."""
+    def embed_image(self, features: torch.Tensor, points: torch.Tensor, valid: torch.Tensor,
+                    measured: torch.Tensor | bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """features (B,C,h,w), points (B,3,H,W) metres optical, valid (B,1,H,W), measured: whether each
+        image's points come from a depth camera ((B,) bool or one bool; required with `source_embedding`)
+        -> tokens (B,N,d), geometry encoding (B,N,G), patch mean points (B,N,3)."""
         cfg = self.cfg
         if features.shape[-2:] != (cfg.grid_h, cfg.grid_w):
             raise ValueError(f"features grid {tuple(features.shape[-2:])} != ({cfg.grid_h}, {cfg.grid_w})")
@@ -235,6 +241,11 @@ class CompactSpatialDecoder(nn.Module):
         if cfg.depth_cells:
             geo = torch.cat([geo, depth_detail(points, valid, cfg.patch, cfg.depth_cells).to(geo.dtype)], dim=-1)
         tok = self.img_proj(features.flatten(2).transpose(1, 2)) + self.geo_proj(geo) + self.img_pos + self.segment[0]
+        if self.source is not None:
+            if measured is None:
+                raise ValueError("this decoder was trained with a geometry-source embedding: pass measured=")
+            m = torch.as_tensor(measured, device=tok.device).reshape(-1).long()
+            tok = tok + self.source[m][:, None, :]
         return tok, geo, patch_pts
 
     def embed_question(self, q_ids: torch.Tensor) -> torch.Tensor:
@@ -282,15 +293,17 @@ class CompactSpatialDecoder(nn.Module):
     # ------------------------------------------------------------------ training pass
     def forward_train(self, features: torch.Tensor, points: torch.Tensor, valid: torch.Tensor,
                       image_index: torch.Tensor, q_ids: torch.Tensor, q_pad: torch.Tensor,
-                      out_in: torch.Tensor, out_region_patch: torch.Tensor) -> dict[str, torch.Tensor]:
+                      out_in: torch.Tensor, out_region_patch: torch.Tensor,
+                      measured: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Teacher-forced pass over a batch of questions that share images.
 
         features/points/valid: per IMAGE (Bi, ...); image_index (B,) which image each question uses.
         q_ids (B,Lq) with q_pad (B,Lq) True at padding; out_in (B,Lo) output inputs (<sep> first);
         out_region_patch (B,Lo) patch index fed back at <obj> inputs, -1 elsewhere.
+        measured: per IMAGE (Bi,) bool, see `embed_image`.
         Returns hidden states of output positions (B,Lo,d), logits, image tokens, geo, up.
         """
-        img_tok_i, geo_i, pts_i = self.embed_image(features, points, valid)
+        img_tok_i, geo_i, pts_i = self.embed_image(features, points, valid, measured)
         img_tok, geo, pts = img_tok_i[image_index], geo_i[image_index], pts_i[image_index]
         B, N, d = img_tok.shape
         Lq, Lo = q_ids.shape[1], out_in.shape[1]
@@ -317,9 +330,9 @@ class CompactSpatialDecoder(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def prefill(self, features: torch.Tensor, points: torch.Tensor, valid: torch.Tensor,
-                q_ids: torch.Tensor) -> tuple[PrefixState, torch.Tensor]:
+                q_ids: torch.Tensor, measured: bool | None = None) -> tuple[PrefixState, torch.Tensor]:
         """Batch-1 prefix pass. Returns the state and patch mean points (1,N,3)."""
-        img_tok, geo, pts = self.embed_image(features, points, valid)
+        img_tok, geo, pts = self.embed_image(features, points, valid, measured)
         x = torch.cat([img_tok, self.embed_question(q_ids)], dim=1)
         caches = []
         for blk in self.blocks:
