@@ -61,7 +61,7 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     # detail and the geometry-source embedding in the decoder.
     cfg = TrainConfig(out=str(out), device="cpu", minutes=0.05, scenes=6, workers=1, render_batch=6,
                       images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
-                      fine_features=True, depth_cells=4, source_embedding=True, encoder_context=1, colour_cover=0.5)
+                      fine_features=True, depth_cells=4, source_embedding=True, encoder_context=1)
     meta = train(cfg)
     assert meta["state"]["step"] >= 1
     for f in ("config.json", "encoder.safetensors", "encoder.onnx", "decoder.safetensors", "tokenizer.json",
@@ -203,46 +203,3 @@ def test_a_resumed_stage_continues_with_the_saved_optimizer_state(tmp_path):
     # The last stage saves no optimizer state: a stale one must not stay beside its weights.
     train(replace(base, resume=str(out), lr_span_start=0.5, warmup_steps=0))
     assert not saved.exists()
-
-
-def test_patch_cover_and_cover_rows():
-    from types import SimpleNamespace
-    from n3d_ros.tools.train_compact import cover_rows, patch_cover
-    inst = np.full((8, 12), -1, np.int16)       # a 2 x 3 grid of 4-pixel patches
-    inst[0:4, 0:4] = 0                         # object 0 fills patch 0
-    inst[4:5, 4:8] = 0                         # and a quarter of patch 4
-    inst[4:8, 8:10] = 1                        # object 1 half of patch 5
-    inst[0:1, 8:9] = 1                         # and a sliver (1 of 16 px) of patch 2
-    c0, c1 = patch_cover(inst, 0, 4), patch_cover(inst, 1, 4)
-    np.testing.assert_allclose(c0, [[0, 1.0], [4, 0.25]])
-    np.testing.assert_allclose(c1, [[5, 0.5]])
-    scene = SimpleNamespace(objects=[SimpleNamespace(kind="lamp", colour="red"),
-                                     SimpleNamespace(kind="mug", colour="blue")])
-    rows = cover_rows({0: c0, 1: c1}, scene, ("mug", "lamp"), ("blue", "red"))
-    np.testing.assert_allclose(rows, [[0, 1, 1, 0.5], [4, 1, 1, 0.5], [5, 0, 0, 1.0]])
-    assert cover_rows({}, scene, ("mug",), ("blue",)).shape == (0, 4)
-
-
-def test_colour_cover_rows_reach_the_loss(tmp_path):
-    from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
-    from n3d_ros.tools.train_compact import build_tokenizer, collate, new_decoder_config, step_losses
-    from n3d_ros.vlm.compact_model import CompactSpatialDecoder
-    tok = build_tokenizer(n_scenes=20)
-    tok.save(tmp_path / "tok.json")
-    enc_cfg = CompactEncoderConfig()
-    dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=True)
-    stats = {}
-    for scale in (0.0, 0.5):
-        cfg = TrainConfig(device="cpu", scenes=4, workers=1, render_batch=4, questions_per_scene=3,
-                          images_per_step=2, questions_per_image=2, colour_cover=scale)
-        ds = GpuDataset(cfg, enc_cfg, dec_cfg, str(tmp_path / "tok.json"), _log)
-        try:
-            assert all((len(r) > 0) == (scale > 0) for r in ds.colour_rows)   # every scene shows objects
-            torch.manual_seed(0)
-            batch = collate(ds, np.random.default_rng(0), cfg, dec_cfg, tok)
-            assert batch[-1].cover_scale == scale and (len(batch[-1].cover_idx) > 0) == (scale > 0)
-            _, stats[scale] = step_losses(CompactGeometryEncoder(enc_cfg), CompactSpatialDecoder(dec_cfg), ds, batch,
-                                          torch.Generator().manual_seed(0), dec_cfg)
-        finally:
-            ds.close()
-    assert "cover" not in stats[0.0] and stats[0.5]["cover"] > 0

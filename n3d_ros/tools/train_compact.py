@@ -48,8 +48,6 @@ STATE_FILE = "training_state.json"
 BOX_WEIGHTS = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.3, 0.3])
 # Dense head: weight of the 8 patches around an object's centre in the colour and box losses.
 NEIGHBOUR_WEIGHT = 0.5
-# --colour-cover: a patch counts as covered by an object when this share of its pixels shows it.
-COVER_MIN_FRACTION = 0.25
 
 
 @dataclass
@@ -86,9 +84,6 @@ class TrainConfig:
                                      # (the shipped model's recipe turns it on; see CompactEncoderConfig)
     depth_cells: int = 0             # new decoders: sub-patch depth detail (CompactVLMConfig.depth_cells)
     source_embedding: bool = False   # new decoders: measured/estimated geometry embedding (CompactVLMConfig)
-    # Weight of a colour loss over every patch an object covers (each object weighs the same), besides its
-    # centre: a lamp's colour is its shade's, patches above the centre (0 = off).
-    colour_cover: float = 0.0
     encoder_context: int = 0         # new encoders: global self-attention blocks at stride 16 (CompactEncoderConfig)
 
     def __post_init__(self) -> None:
@@ -96,8 +91,6 @@ class TrainConfig:
             raise ValueError(f"compile must be none or encoder, got {self.compile!r}")
         if self.wall_minutes < 0:
             raise ValueError(f"wall_minutes must be >= 0 (0 = no limit), got {self.wall_minutes}")
-        if self.colour_cover < 0:
-            raise ValueError(f"colour_cover must be >= 0, got {self.colour_cover}")
         if not 0.0 <= self.neighbour_weight <= 1.0:
             raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
         if not 0.0 <= self.lr_span_start < self.lr_span_end <= 1.0:
@@ -149,10 +142,9 @@ def render_scenes(scenes: list, enc_cfg: CompactEncoderConfig, dec_cfg: CompactV
     jobs = []
     for j, (sc, (c, _)) in enumerate(zip(scenes, setups)):
         thr = visibility_threshold(sc, c)
-        visible = visible_objects(sc, instance[j], min_pixels=thr)
-        cover = {i: patch_cover(instance[j], i, dec_cfg.patch) for i in visible} if cfg.colour_cover > 0 else {}
-        jobs.append((sc, c, visible, marginal_objects(sc, instance[j], min_pixels=thr), tok_path, dec_cfg,
-                     cfg.questions_per_scene, cfg.seed * 7919 + sc.seed, cfg.neighbour_weight, cover))
+        jobs.append((sc, c, visible_objects(sc, instance[j], min_pixels=thr),
+                     marginal_objects(sc, instance[j], min_pixels=thr), tok_path, dec_cfg, cfg.questions_per_scene,
+                     cfg.seed * 7919 + sc.seed, cfg.neighbour_weight))
     return RenderedScenes(
         rgb=out.rgb, depth=torch.nan_to_num(out.depth, nan=0.0).clamp_max(60000).half(),
         K=torch.tensor([[c.fx, c.fy, c.cx, c.cy] for c, _ in setups], dtype=torch.float32),
@@ -169,30 +161,10 @@ def _fresh_scenes(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     return r.rgb.numpy(), r.depth.numpy(), r.K.numpy(), r.up.numpy(), [_question_records(j) for j in r.jobs]
 
 
-def patch_cover(instance: np.ndarray, index: int, patch: int,
-                min_fraction: float = COVER_MIN_FRACTION) -> np.ndarray:
-    """Rows (patch index, fraction) of the model-grid patches in which object `index` shows on at least
-    `min_fraction` of the pixels of `instance` (H, W)."""
-    H, W = instance.shape
-    frac = (instance == index).reshape(H // patch, patch, W // patch, patch).mean(axis=(1, 3)).reshape(-1)
-    idx = np.flatnonzero(frac >= min_fraction)
-    return np.stack([idx, frac[idx]], axis=1).astype(np.float32)
-
-
-def cover_rows(cover: dict, scene, kinds: tuple[str, ...], colours: tuple[str, ...]) -> np.ndarray:
-    """Colour-loss rows (patch, kind, colour, weight) over the patches each object covers, each object's
-    weights summing to 1."""
-    rows = [np.array([[p, kinds.index(scene.objects[i].kind), colours.index(scene.objects[i].colour),
-                       1.0 / len(pc)] for p, _ in pc], np.float32)
-            for i, pc in cover.items() if len(pc)]
-    return np.concatenate(rows) if rows else np.zeros((0, 4), np.float32)
-
-
 def _question_records(args):
     """Worker: questions of one scene -> (token and grounding-target records, dense-head heat-map
-    target (N, kinds) with -1 where ignored, dense-head positives, colour rows over covered patches)
-    (numpy only)."""
-    scene, cam, visible, marginal, tok_path, dec_cfg, n, seed, neighbour_weight, cover = args
+    target (N, kinds) with -1 where ignored, dense-head positives) (numpy only)."""
+    scene, cam, visible, marginal, tok_path, dec_cfg, n, seed, neighbour_weight = args
     from ..sim.questions import make_questions
     tok = CompactTokenizer.load(tok_path)
     rng = np.random.default_rng(seed)
@@ -233,8 +205,7 @@ def _question_records(args):
                 heat[t.target.patch, t.kind] = -1.0
         positives = dense_positives(targets, heat, dec_cfg.grid_h, dec_cfg.grid_w, neighbour_weight)
         heat = heat.astype(np.float16)
-    colour_rows = cover_rows(cover, scene, dec_cfg.kinds, dec_cfg.colours) if dense else np.zeros((0, 4), np.float32)
-    return records, heat, positives, colour_rows
+    return records, heat, positives
 
 
 def dense_positives(targets, heat: np.ndarray, grid_h: int, grid_w: int,
@@ -319,7 +290,6 @@ class GpuDataset:
         self.questions: list[list] = [[] for _ in range(n)]
         self.heat: list[np.ndarray | None] = [None] * n        # dense head: (N, kinds) heat targets
         self.positives: list[np.ndarray | None] = [None] * n   # dense head: one row per visible object
-        self.colour_rows: list[np.ndarray | None] = [None] * n  # dense head: --colour-cover rows
         # Spawned, not forked: the workers run torch on the CPU, and this process has CUDA and
         # OpenMP state that a fork would copy.
         self.pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -355,7 +325,7 @@ class GpuDataset:
         self.up[idx] = torch.as_tensor(up).to(dev)
 
     def _store(self, slot: int, result: tuple) -> None:
-        self.questions[slot], self.heat[slot], self.positives[slot], self.colour_rows[slot] = result
+        self.questions[slot], self.heat[slot], self.positives[slot] = result
 
     def _take_seeds(self, n: int) -> list[int]:
         if self.next_seed + n > HELD_OUT_FIRST_SEED:
@@ -404,18 +374,6 @@ class GpuDataset:
         return torch.stack([x, y], dim=1)
 
 
-@dataclass
-class DenseBatch:
-    """The dense head's targets in a batch; `*_idx` rows are (question row, patch, kind, colour)."""
-    heat: torch.Tensor           # (Bi, N, K) heat-map targets per image
-    pos_idx: torch.Tensor        # centre and neighbour rows: colour and box losses
-    pos_weight: torch.Tensor
-    pos_params: torch.Tensor     # (P, 8) box parameters
-    cover_idx: torch.Tensor      # --colour-cover rows: colour loss only
-    cover_weight: torch.Tensor
-    cover_scale: float           # weight of the cover loss in the total
-
-
 def collate(ds: GpuDataset, rng: np.random.Generator, cfg: TrainConfig, dec_cfg: CompactVLMConfig,
             tok: CompactTokenizer):
     img_idx = rng.choice(ds.usable, size=cfg.images_per_step, replace=False)
@@ -455,11 +413,7 @@ def collate(ds: GpuDataset, rng: np.random.Generator, cfg: TrainConfig, dec_cfg:
         pos = [np.concatenate([np.full((len(ds.positives[img_idx[b]]), 1), r, np.float32), ds.positives[img_idx[b]]],
                               axis=1) for r, (b, _) in enumerate(rows)]
         pos = np.concatenate(pos) if pos else np.zeros((0, 5 + BOX_PARAMS), np.float32)  # row + dense_positives
-        cover = [np.concatenate([np.full((len(ds.colour_rows[img_idx[b]]), 1), r, np.float32),
-                                 ds.colour_rows[img_idx[b]]], axis=1) for r, (b, _) in enumerate(rows)]
-        cover = np.concatenate(cover) if cover else np.zeros((0, 5), np.float32)   # row + cover_rows
-        dense = DenseBatch(t(heat), t(pos[:, :4].astype(np.int64)), t(pos[:, 4]), t(pos[:, 5:].astype(np.float32)),
-                           t(cover[:, :4].astype(np.int64)), t(cover[:, 4]), cfg.colour_cover)
+        dense = (t(heat), t(pos[:, :4].astype(np.int64)), t(pos[:, 4]), t(pos[:, 5:].astype(np.float32)))
     return (torch.from_numpy(img_idx).to(cfg.device), t(image_index), t(q_ids), t(q_pad), t(out_in), t(out_tgt),
             t(region), t(np.array(g_row, np.int64)), t(np.array(g_pos, np.int64)), t(np.array(g_patch, np.int64)),
             t(np.array(g_params, np.float32).reshape(-1, 8)), dense)
@@ -532,9 +486,9 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
         total = total + ptr_loss + box_loss
         stats.update(ptr=ptr_loss, ptr_acc=(ptr.argmax(-1) == g_patch).float().mean(), box=box_loss)
     if dense is not None:
+        heat_tgt, pos_idx, pos_weight, pos_params = dense
         heat_logit, colour_logit, dense_box = dec.dense(out["image_out"], out["geo"])
-        heat_loss = _heat_focal_loss(heat_logit.float(), dense.heat[image_index])
-        pos_idx, pos_weight, pos_params = dense.pos_idx, dense.pos_weight, dense.pos_params
+        heat_loss = _heat_focal_loss(heat_logit.float(), heat_tgt[image_index])
         total = total + heat_loss
         stats["heat"] = heat_loss
         if len(pos_idx):
@@ -545,12 +499,6 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
                                   pos_weight)
             total = total + 0.5 * colour_loss + dbox_loss
             stats.update(colour=colour_loss, dbox=dbox_loss)
-        if dense.cover_scale > 0 and len(dense.cover_idx):
-            r, patch, kind, colour = dense.cover_idx.unbind(-1)
-            cover_ce = F.cross_entropy(colour_logit[r, patch, kind].float(), colour, reduction="none")
-            cover_loss = _weighted_mean(cover_ce, dense.cover_weight)
-            total = total + dense.cover_scale * cover_loss
-            stats["cover"] = cover_loss
     # Detached device tensors: reading them (.item()) every step would stall the GPU queue.
     return total, {k: v.detach().float() for k, v in stats.items()}
 

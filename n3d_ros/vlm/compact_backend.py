@@ -44,7 +44,6 @@ DEFAULT_INFERENCE = {
     "phrase_grounding": "dense",  # where a named phrase is grounded: "dense" (its heat map) or "pointer"
     "snap_to_depth": True,        # with measured depth, move each box along its ray onto its surface
     "overlap_nms": 0.3,           # detections sharing more of the smaller one's volume are one object (1 = off)
-    "colour_pooling": False,      # a detection's colour from every patch its box covers, not its centre alone
 }
 
 
@@ -105,8 +104,6 @@ class _Grounder:
         self.threshold = vlm.detection_threshold
         self.overlap_nms = vlm.overlap_nms
         self.phrase_grounding = vlm.phrase_grounding
-        self.colour_pooling = vlm.colour_pooling
-        self._samples: tuple[np.ndarray, np.ndarray] | None = None
         self.up = state.up[0].double().cpu().numpy()                       # (3,) optical frame
         self.patch_z = patch_pts[0, :, 2].cpu().numpy()                    # (N,) metres
         valid = torch.nn.functional.avg_pool2d(enc.valid.float(), cfg.patch).flatten().cpu().numpy()
@@ -128,37 +125,8 @@ class _Grounder:
 
     def _finish(self, box: Box3D, label: str, score: float, index: int) -> GroundedObject:
         """Snap to measured depth (when there is some) and attach the source-image 2D box."""
-        return self._grounded(self._snapped(box), label, score, index)
-
-    def _snapped(self, box: Box3D) -> Box3D:
-        return snap_to_depth(box, *self.snap, self.enc.camera) if self.snap is not None else box
-
-    def _patch_samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """Points of the geometry on a 4-pixel stride (M, 3) and the patch each lies in (M,), valid ones only."""
-        if self._samples is None:
-            step = max(1, self.cfg.patch // 4)
-            pts = self.enc.points[0, :, step // 2::step, step // 2::step].permute(1, 2, 0).cpu().numpy()
-            ok = self.enc.valid[0, 0, step // 2::step, step // 2::step].cpu().numpy()
-            rows, cols = np.nonzero(ok)
-            patch = (rows * step // self.cfg.patch) * self.cfg.grid_w + cols * step // self.cfg.patch
-            self._samples = (pts[rows, cols].astype(np.float64), patch)
-        return self._samples
-
-    def _pooled_colour(self, box: Box3D, patch: int, kind: int) -> int:
-        """The colour of a `kind` object at centre `patch`: the colour head's log-probabilities summed over its
-        centre and every patch whose geometry lies inside `box` (weighted by the share of it that does). A
-        lamp's colour is its shade's, patches above the centre on its pole."""
-        colours = self.dense[1]
-        pts, patch_of = self._patch_samples()
-        inside = box.contains(pts, margin=0.05)
-        per_patch = np.bincount(patch_of[inside], minlength=self.cfg.n_image_tokens) / (self.cfg.patch // 4) ** 2
-        covered = np.flatnonzero(per_patch >= 0.25)
-        score = colours[patch, kind].cpu().numpy().astype(np.float64)
-        if len(covered):
-            score = score + per_patch[covered] @ colours[covered, kind].cpu().numpy()
-        return int(np.argmax(score))
-
-    def _grounded(self, box: Box3D, label: str, score: float, index: int) -> GroundedObject:
+        if self.snap is not None:
+            box = snap_to_depth(box, *self.snap, self.enc.camera)
         b2d = box.project_2d(self.scene.camera)
         return GroundedObject(box=box, label=label, score=score, id=f"bbox_{index}",
                               box_2d=None if b2d is None else tuple(float(x) for x in b2d))
@@ -216,19 +184,10 @@ class _Grounder:
                        key=lambda f: -f[3])
         # Suppress and filter on the head's boxes: only the survivors pay for snapping.
         boxes = [self._raw_box(n, prm) for n, _, _, _, prm in found]
-        objects = []
-        for i in suppress_overlaps(boxes, self.overlap_nms):
-            n, k, c, score, _ = found[i]
-            if kind is not None and k != kind:
-                continue
-            if colour is not None and not self.colour_pooling and c != colour:
-                continue                # filtered before it pays for the snap
-            box = self._snapped(boxes[i])
-            if self.colour_pooling:     # read over the final box's patches
-                c = self._pooled_colour(box, n, k)
-                if colour is not None and c != colour:
-                    continue
-            objects.append(self._grounded(box, f"{cfg.colours[c]} {cfg.kinds[k]}", score, len(objects)))
+        kept = [i for i in suppress_overlaps(boxes, self.overlap_nms)
+                if (kind is None or found[i][1] == kind) and (colour is None or found[i][2] == colour)]
+        objects = [self._finish(boxes[i], f"{cfg.colours[found[i][2]]} {cfg.kinds[found[i][1]]}", found[i][3], j)
+                   for j, i in enumerate(kept)]
         objects.sort(key=lambda o: float(self.enc.camera.project(o.box.center[None])[0, 0]))
         return [replace(o, id=f"bbox_{i}") for i, o in enumerate(objects)]
 
@@ -258,10 +217,6 @@ class CompactSpatialVLM:
         self.phrase_grounding = inference["phrase_grounding"]
         self.snap_to_depth = bool(inference["snap_to_depth"])   # core.box_refine.snap_to_depth
         self.overlap_nms = inference["overlap_nms"]             # core.box_overlap.suppress_overlaps
-        self.colour_pooling = inference["colour_pooling"]
-        if not isinstance(self.colour_pooling, bool):
-            raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.colour_pooling must be true or false, "
-                                 f"got {self.colour_pooling!r}")
         if not isinstance(self.detection_threshold, (int, float)) or not 0.0 < self.detection_threshold < 1.0:
             raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.detection_threshold must be in "
                                  f"(0, 1), got {self.detection_threshold!r}")
@@ -296,7 +251,7 @@ class CompactSpatialVLM:
         """The model folder's inference settings in force (recorded with benchmark results)."""
         return {"model_dir": str(self.model_dir), "detection_threshold": self.detection_threshold,
                 "phrase_grounding": self.phrase_grounding, "snap_to_depth": self.snap_to_depth,
-                "overlap_nms": self.overlap_nms, "colour_pooling": self.colour_pooling}
+                "overlap_nms": self.overlap_nms}
 
     # ------------------------------------------------------------------ geometry
     def _encode(self, scene: SceneInput) -> _Encoded:
