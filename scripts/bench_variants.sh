@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Validate trained variants side by side (the second half of a recipe sweep, after
-# scripts/train_variants.sh): each model folder runs `n3d-bench` on validation seeds (2,000,000 and up,
-# never trained on, apart from the test seeds 1,000,000 and up), one GPU each when there are several,
-# then a table ranks them by the sweep's score, the mean of QA accuracy and AP3D@0.25 in both modes.
+# scripts/train_variants.sh): each model folder runs `n3d-bench` on validation seeds (2,000,000 and up:
+# never trained on, and apart from the test seeds from 1,000,000 that the model card reports), one GPU
+# each when there are several, then a table ranks them by the sweep's score, the mean of QA accuracy and
+# AP3D@0.25 in both modes.
 #
 #   bash scripts/bench_variants.sh build/sweep a b c d          # writes build/sweep/NAME.val.json
 #
