@@ -160,3 +160,31 @@ def test_templates_cover_every_kind_and_parse_back():
             parsed.append(spec is not None and spec.kind == kind)
         assert any(parsed), kind  # the core parser understands at least one phrasing of each kind
     assert len(DETECT_CLASS_TEMPLATES) >= 3
+
+
+def test_an_object_whose_colour_is_out_of_view_is_marginal():
+    """A lamp whose shade is above the image shows only its gray pole: nobody can tell its colour."""
+    s = _hand_scene(HAND)
+    inst = np.full((120, 160), -1, np.int16)
+    inst[:10, :10] = 0        # 100 px, 30 of them in its colour
+    inst[60:80, 60:80] = 2    # 400 px, 5 in its colour
+    named = np.zeros(inst.shape, bool)
+    named[:3, :10] = True
+    named[60, 60:65] = True
+    assert visible_objects(s, inst, min_pixels=40) == [0, 2]
+    assert visible_objects(s, inst, min_pixels=40, named_map=named) == [0]
+    assert marginal_objects(s, inst, min_pixels=40, named_map=named) == [2]
+
+
+def test_generated_objects_name_their_coloured_parts():
+    from n3d_ros.sim.assets import COLOURS, build_object, is_shade_of
+    rng = np.random.default_rng(0)
+    _, lamp = build_object("lamp", "red", rng)
+    assert [p.named for p in lamp.primitives] == [False, False, True]      # base, pole (gray metal), shade
+    _, book = build_object("book", "blue", rng)
+    assert [p.named for p in book.primitives] == [True, False]             # cover, white pages
+    for kind in ("table", "chair", "mug", "ball"):                          # one colour, shaded: all named
+        assert all(p.named for p in build_object(kind, "green", rng)[1].primitives)
+    red = np.array(COLOURS["red"])
+    assert is_shade_of(red * 0.6, red) and not is_shade_of(np.array(COLOURS["gray"]), red)
+    assert not is_shade_of(np.minimum(red * 1.2, 1.0), red)                # brighter is another colour

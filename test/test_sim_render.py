@@ -156,3 +156,20 @@ def test_distorted_camera_renders_through_its_rays():
     s = _scene([([box((0, 0, 0.5), (1.0, 1.0, 1.0), RED)], (0.0, 3.0, 0.5))], camera=cam)
     d, i = _centre(render([s]))
     assert i == 0 and d == pytest.approx(2.5, abs=1e-5)  # no distortion at the principal point
+
+
+def test_named_map_marks_the_parts_in_the_objects_colour():
+    from dataclasses import replace
+    # One object: a gray pole (left) and a red part (right), in front of the camera.
+    pole = box((-0.15, 0, 0), (0.2, 0.2, 0.4), (0.5, 0.5, 0.52))
+    shade = replace(box((0.15, 0, 0), (0.2, 0.2, 0.4), RED), named=True)
+    s = _scene([([pole, shade], (0.0, 2.0, 0.9))])
+    out = render([s], named=True)
+    v = out.numpy(0)
+    assert v.named.shape == v.instance.shape and v.named.dtype == bool
+    assert not v.named[v.instance < 0].any()                         # the floor is no object's colour
+    cols = np.nonzero((v.instance == 0).any(axis=0))[0]
+    assert not v.named[23, cols.min()] and v.named[23, cols.max()]  # pole left, named part right
+    assert render([s]).named is None                                  # only when asked
+    padded = render([s], named=True, valid_rects=[(40, 0, 64, 48)]).numpy(0)
+    assert not padded.named[:, :40].any()                             # letterbox padding shows nothing

@@ -85,8 +85,9 @@ def render_sim_frame(seed: int, *, width: int = 0, height: int = 0, device: str 
         w = width if width > 0 else scene.camera.width
         h = height if height > 0 else scene.camera.height
         scene = scene.with_camera(resized_camera(scene.camera, w, h))
-    view = render([scene], device=device).numpy(0)
-    objects = [_as_detected(gt_object(scene, i), scene.camera) for i in visible_objects(scene, view.instance)]
+    view = render([scene], device=device, named=True).numpy(0)
+    objects = [_as_detected(gt_object(scene, i), scene.camera)
+               for i in visible_objects(scene, view.instance, named_map=view.named)]
     return SimFrame(int(seed), scene.camera, view.rgb, np.asarray(view.depth, np.float32), objects)
 
 

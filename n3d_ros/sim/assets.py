@@ -7,7 +7,7 @@ origin at the centre of the footprint on the surface the object stands on. Suppo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -43,6 +43,8 @@ class Primitive:
     rotation: (3,3) primitive-to-frame rotation (boxes only; cylinders stay vertical, so world
               placement only turns them about z).
     colour:   (3,) RGB 0..1.
+    named:    it shows the object's named colour (a lamp's shade, not its gray pole): an object none of whose
+              named parts is in view cannot be told by its colour.
     """
 
     shape: str
@@ -50,6 +52,7 @@ class Primitive:
     size: np.ndarray
     rotation: np.ndarray
     colour: np.ndarray
+    named: bool = False
 
     @property
     def radius(self) -> float:
@@ -71,7 +74,7 @@ class Primitive:
 
     def placed(self, R: np.ndarray, t: np.ndarray) -> "Primitive":
         """This primitive after the rigid motion p -> R p + t (R must keep z vertical for cylinders)."""
-        return Primitive(self.shape, R @ self.center + t, self.size, R @ self.rotation, self.colour)
+        return Primitive(self.shape, R @ self.center + t, self.size, R @ self.rotation, self.colour, self.named)
 
 
 def box(center, size, colour, rotation=None) -> Primitive:
@@ -355,7 +358,14 @@ def build_object(kind: str, colour: str, rng: np.random.Generator) -> tuple[np.n
     size = spec.sample_size(rng)
     jitter = rng.uniform(-0.04, 0.04, 3)
     rgb = np.clip(np.array(COLOURS[colour]) + jitter, 0.0, 1.0)
-    return size, spec.build(size, rgb, rng)
+    built = spec.build(size, rgb, rng)
+    return size, Built([replace(p, named=is_shade_of(p.colour, rgb)) for p in built.primitives], built.surfaces)
+
+
+def is_shade_of(colour: np.ndarray, base: np.ndarray) -> bool:
+    """Whether `colour` is `base` or a darker shade of it (`_shade`): the parts that carry an object's colour."""
+    f = float(colour @ base) / max(float(base @ base), 1e-12)
+    return 0.0 < f <= 1.0 + 1e-9 and bool(np.allclose(_shade(base, f), colour, atol=1e-6))
 
 
 def tight_bounds(primitives: list[Primitive]) -> tuple[np.ndarray, np.ndarray]:

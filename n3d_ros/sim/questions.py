@@ -122,16 +122,27 @@ def pixel_counts(scene: Scene, instance_map: np.ndarray) -> np.ndarray:
     return np.bincount(inst, minlength=len(scene.objects))[: len(scene.objects)]
 
 
-def visible_objects(scene: Scene, instance_map: np.ndarray, *, min_pixels: int = 40) -> list[int]:
-    """Indices of objects with at least `min_pixels` pixels whose box centre is in front of the camera."""
+# With a named-part map: pixels of an object's named colour it must show, as a share of `min_pixels`.
+NAMED_SHARE = 0.25
+
+
+def visible_objects(scene: Scene, instance_map: np.ndarray, *, min_pixels: int = 40,
+                    named_map: np.ndarray | None = None) -> list[int]:
+    """Indices of objects with at least `min_pixels` pixels whose box centre is in front of the camera and,
+    given `named_map` (render(named=True)), at least NAMED_SHARE of `min_pixels` of them in the object's named
+    colour: a lamp whose shade is out of view shows only its gray pole, and nobody can tell its colour."""
     counts = pixel_counts(scene, instance_map)
-    return [i for i, o in enumerate(scene.objects) if counts[i] >= min_pixels and o.box.center[2] > 0]
+    named = counts if named_map is None else \
+        pixel_counts(scene, np.where(np.asarray(named_map, bool), instance_map, -1))
+    return [i for i, o in enumerate(scene.objects)
+            if counts[i] >= min_pixels and named[i] >= NAMED_SHARE * min_pixels and o.box.center[2] > 0]
 
 
-def marginal_objects(scene: Scene, instance_map: np.ndarray, *, min_pixels: int = 40) -> list[int]:
+def marginal_objects(scene: Scene, instance_map: np.ndarray, *, min_pixels: int = 40,
+                     named_map: np.ndarray | None = None) -> list[int]:
     """Objects that show some pixels but do not count as visible: a viewer may or may not count them."""
     counts = pixel_counts(scene, instance_map)
-    visible = set(visible_objects(scene, instance_map, min_pixels=min_pixels))
+    visible = set(visible_objects(scene, instance_map, min_pixels=min_pixels, named_map=named_map))
     return [i for i in range(len(scene.objects)) if counts[i] > 0 and i not in visible]
 
 

@@ -32,6 +32,7 @@ class RenderedView:
     depth: np.ndarray
     instance: np.ndarray
     normals: np.ndarray | None
+    named: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,21 @@ class RenderOutput:
               surface was hit or outside the valid rectangle.
     instance: (B, H, W) int16 object index (SceneObject.index), -1 for room, background, padding.
     normals:  (B, H, W, 3) float32 unit normals facing the camera, optical frame; None unless asked.
+    named:    (B, H, W) bool: the pixel shows a part in its object's named colour (Primitive.named); None
+              unless asked.
     All on the device the render ran on."""
 
     rgb: torch.Tensor
     depth: torch.Tensor
     instance: torch.Tensor
     normals: torch.Tensor | None = None
+    named: torch.Tensor | None = None
 
     def numpy(self, i: int) -> RenderedView:
         n = None if self.normals is None else self.normals[i].cpu().numpy()
+        named = None if self.named is None else self.named[i].cpu().numpy()
         return RenderedView(self.rgb[i].cpu().numpy(), self.depth[i].cpu().numpy(),
-                            self.instance[i].cpu().numpy(), n)
+                            self.instance[i].cpu().numpy(), n, named)
 
     def __len__(self) -> int:
         return int(self.rgb.shape[0])
@@ -79,6 +84,7 @@ class _Packed:
     sph: torch.Tensor           # (B, NS, 3 centre + 1 radius)
     colour: dict[str, torch.Tensor]    # shape -> (B, N, 3)
     inst: dict[str, torch.Tensor]      # shape -> (B, N) long, -2 = padding
+    named: dict[str, torch.Tensor]     # shape -> (B, N) bool, Primitive.named
     plane: torch.Tensor         # (B, NP, 3 n + 1 offset + 3 u + 3 v + 1 scale)
     plane_tex: torch.Tensor     # (B, NP) long texture id, -1 = padding
     plane_col: torch.Tensor     # (B, NP, 6) colour_a, colour_b
@@ -92,6 +98,7 @@ def _pack(scenes: Sequence[Scene], device: torch.device) -> _Packed:
     rows: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in scenes] for k in ("box", "cylinder", "sphere")}
     cols: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in scenes] for k in rows}
     ids: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in scenes] for k in rows}
+    named: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in scenes] for k in rows}
     planes, tex, pcol, blobs = [], [], [], []
     for b, s in enumerate(scenes):
         blob_rows = []
@@ -107,6 +114,7 @@ def _pack(scenes: Sequence[Scene], device: torch.device) -> _Packed:
                 rows[p.shape][b].append(row)
                 cols[p.shape][b].append(p.colour)
                 ids[p.shape][b].append(np.array([o.index]))
+                named[p.shape][b].append(np.array([float(p.named)]))
             if o.support is None:
                 bw = o.box_world
                 blob_rows.append(np.array([bw.center[0], bw.center[1],
@@ -128,6 +136,7 @@ def _pack(scenes: Sequence[Scene], device: torch.device) -> _Packed:
         sph=t(_pad(rows["sphere"], width["sphere"])),
         colour={k: t(_pad(cols[k], 3)) for k in rows},
         inst={k: t(_pad(ids[k], 1, fill=-2)[..., 0], torch.long) for k in rows},
+        named={k: t(_pad(named[k], 1)[..., 0], torch.bool) for k in rows},
         plane=t(_pad(planes, 11)), plane_tex=t(_pad(tex, 1, fill=-1)[..., 0], torch.long),
         plane_col=t(_pad(pcol, 6)), floor_blobs=t(_pad(blobs, 3)),
         light=t(np.stack([s.light_dir for s in scenes])),
@@ -199,7 +208,8 @@ def _tile_order(tiles: list[tuple[int, int, int, int]], W: int) -> np.ndarray:
 def render(scenes: Sequence[Scene], *, device: str | torch.device = "cpu",
            cameras: Sequence[CameraModel] | None = None,
            valid_rects: Sequence[tuple[int, int, int, int] | None] | None = None,
-           normals: bool = False, tile: int = 64, chunk_elements: int = 1 << 23) -> RenderOutput:
+           normals: bool = False, named: bool = False, tile: int = 64,
+           chunk_elements: int = 1 << 23) -> RenderOutput:
     """Render a batch of scenes.
 
     cameras:        per-scene intrinsics overriding scene.camera (same pose), all one size.
@@ -207,6 +217,7 @@ def render(scenes: Sequence[Scene], *, device: str | torch.device = "cpu",
                     image) or None; pixels outside are black, depth NaN, instance -1 (letterbox
                     padding).
     normals:        also return camera-facing unit normals (optical frame).
+    named:          also return which pixels show a part in its object's named colour.
     tile:           side in pixels of the screen tiles primitives are culled against.
     chunk_elements: bound on B * tile pixels * primitives per intermediate tensor (shrinks tiles).
     """
@@ -262,11 +273,12 @@ def render(scenes: Sequence[Scene], *, device: str | torch.device = "cpu",
     inverse[order] = torch.arange(HW, device=dev)
     t_img, shape_img, idx_img = t_buf[:, inverse], shape_buf[:, inverse], idx_buf[:, inverse]
 
-    rgb, n_world, inst = _shade(pk, o, dirs, t_img, shape_img, idx_img)
+    rgb, n_world, inst, named_px = _shade(pk, o, dirs, t_img, shape_img, idx_img)
     hit = torch.isfinite(t_img)
     depth = torch.where(hit, t_img, torch.full_like(t_img, float("nan"))).view(B, H, W)
     out_rgb, out_inst = rgb.view(B, H, W, 3), inst.view(B, H, W)
     out_n = None
+    out_named = named_px.view(B, H, W) if named else None
     if normals:
         n_c = torch.bmm(n_world.view(B, HW, 3), pk.R_wc)  # world -> optical (row vectors)
         out_n = torch.where(hit[..., None], n_c, torch.full_like(n_c, float("nan"))).view(B, H, W, 3)
@@ -277,13 +289,15 @@ def render(scenes: Sequence[Scene], *, device: str | torch.device = "cpu",
         out_inst = torch.where(mask, out_inst, torch.full_like(out_inst, -1))
         if out_n is not None:
             out_n = torch.where(mask[..., None], out_n, torch.full_like(out_n, float("nan")))
-    return RenderOutput(out_rgb, depth, out_inst, out_n)
+        if out_named is not None:
+            out_named = out_named & mask
+    return RenderOutput(out_rgb, depth, out_inst, out_n, out_named)
 
 
 def _shade(pk: _Packed, o: torch.Tensor, dirs: torch.Tensor, t: torch.Tensor, shape: torch.Tensor,
-           idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Colour every pixel from its nearest hit. Inputs (B, HW[, 3]); returns flat
-    rgb (B*HW, 3) uint8, world normals (B*HW, 3), instance (B*HW,) int16."""
+    rgb (B*HW, 3) uint8, world normals (B*HW, 3), instance (B*HW,) int16, named part (B*HW,) bool."""
     B, HW = t.shape
     dev = t.device
     b = torch.arange(B, device=dev).repeat_interleave(HW)
@@ -293,6 +307,7 @@ def _shade(pk: _Packed, o: torch.Tensor, dirs: torch.Tensor, t: torch.Tensor, sh
     n = torch.zeros_like(p)
     albedo = torch.zeros_like(p)
     inst = torch.full_like(t, -1, dtype=torch.int16)
+    named = torch.zeros_like(t, dtype=torch.bool)
     rows = (pk.box, pk.cyl, pk.sph)
     normal_fns = (sh.box_normals, sh.cylinder_normals, sh.sphere_normals)
     for s, key in enumerate(_SHAPES):
@@ -303,6 +318,7 @@ def _shade(pk: _Packed, o: torch.Tensor, dirs: torch.Tensor, t: torch.Tensor, sh
         n[q] = normal_fns[s](p[q], rows[s][bq, iq])
         albedo[q] = sh.object_albedo(p[q], pk.colour[key][bq, iq])
         inst[q] = pk.inst[key][bq, iq].to(torch.int16)
+        named[q] = pk.named[key][bq, iq]
     q = torch.nonzero(hit & (shape == 3)).squeeze(1)
     if q.numel():
         bq, iq = b[q], idx[q]
@@ -321,4 +337,4 @@ def _shade(pk: _Packed, o: torch.Tensor, dirs: torch.Tensor, t: torch.Tensor, sh
             if f.numel():
                 shade[f] = shade[f] * sh.floor_occlusion(p[q[f]], pk.floor_blobs, bq[f])
         colour[q] = (albedo[q] * shade).clamp(0.0, 1.0)
-    return (colour * 255.0 + 0.5).to(torch.uint8), n, inst
+    return (colour * 255.0 + 0.5).to(torch.uint8), n, inst, named

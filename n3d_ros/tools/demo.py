@@ -39,8 +39,8 @@ def scene_questions(seed: int, n: int, width: int, height: int):
     if width or height:
         scene = scene.with_camera(resized_camera(scene.camera, width or scene.camera.width,
                                                  height or scene.camera.height))
-    view = render([scene]).numpy(0)
-    visible = list(visible_objects(scene, view.instance))
+    view = render([scene], named=True).numpy(0)
+    visible = list(visible_objects(scene, view.instance, named_map=view.named))
     rng = np.random.default_rng(seed)
     picked, seen = [], set()
     for q in make_questions(scene, visible, rng, n=4 * n):

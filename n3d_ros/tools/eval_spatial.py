@@ -388,12 +388,12 @@ def sim_samples(seeds: Sequence[int], *, questions_per_scene: int = 6, max_width
         scene = generate_scene(seed)
         if max_width > 0 and scene.camera.width > max_width:
             scene = scene.with_camera(scaled_camera(scene.camera, max_width / scene.camera.width))
-        view = render([scene], device=render_device).numpy(0)
-        visible = visible_objects(scene, view.instance)
+        view = render([scene], device=render_device, named=True).numpy(0)
+        visible = visible_objects(scene, view.instance, named_map=view.named)
         rng = np.random.default_rng(seed)
         questions = [EvalQuestion(q.text, QuestionKind(q.spec.kind), tuple(q.spec.targets), q.answer.value)
                      for q in make_questions(scene, visible, rng, questions_per_scene,
-                                             marginal=marginal_objects(scene, view.instance))]
+                                             marginal=marginal_objects(scene, view.instance, named_map=view.named))]
         frame = CameraFrame(image=view.rgb, camera=scene.camera, stamp_ns=0, frame_id=scene.camera.frame_id,
                             depth=np.asarray(view.depth, dtype=np.float32))
         objects = [with_box_2d(gt_object(scene, i), scene.camera) for i in visible]

@@ -137,14 +137,15 @@ def render_scenes(scenes: list, enc_cfg: CompactEncoderConfig, dec_cfg: CompactV
     from ..sim.questions import marginal_objects, visible_objects
     from ..sim.render import render
     setups = [_grid_setup(sc, enc_cfg) for sc in scenes]
-    out = render(scenes, device=device, cameras=[c for c, _ in setups], valid_rects=[r for _, r in setups])
-    instance = out.instance.cpu().numpy()
+    out = render(scenes, device=device, cameras=[c for c, _ in setups], valid_rects=[r for _, r in setups],
+                 named=True)
+    instance, named = out.instance.cpu().numpy(), out.named.cpu().numpy()
     jobs = []
     for j, (sc, (c, _)) in enumerate(zip(scenes, setups)):
         thr = visibility_threshold(sc, c)
-        jobs.append((sc, c, visible_objects(sc, instance[j], min_pixels=thr),
-                     marginal_objects(sc, instance[j], min_pixels=thr), tok_path, dec_cfg, cfg.questions_per_scene,
-                     cfg.seed * 7919 + sc.seed, cfg.neighbour_weight))
+        jobs.append((sc, c, visible_objects(sc, instance[j], min_pixels=thr, named_map=named[j]),
+                     marginal_objects(sc, instance[j], min_pixels=thr, named_map=named[j]), tok_path, dec_cfg,
+                     cfg.questions_per_scene, cfg.seed * 7919 + sc.seed, cfg.neighbour_weight))
     return RenderedScenes(
         rgb=out.rgb, depth=torch.nan_to_num(out.depth, nan=0.0).clamp_max(60000).half(),
         K=torch.tensor([[c.fx, c.fy, c.cx, c.cy] for c, _ in setups], dtype=torch.float32),
