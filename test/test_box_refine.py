@@ -2,7 +2,7 @@
 import numpy as np
 
 from n3d_ros.core.box import Box3D
-from n3d_ros.core.box_refine import snap_to_depth
+from n3d_ros.core.box_refine import ray_box_entry, snap_to_depth
 from n3d_ros.core.camera import CameraModel
 from n3d_ros.core.frames import Frame
 
@@ -100,3 +100,20 @@ def test_a_large_footprint_read_on_a_stride_lands_in_the_same_place():
     for max_pixels in (10**9, 2048, 256):
         snapped = snap_to_depth(guess, pts, mask, CAM, max_pixels=max_pixels)
         np.testing.assert_allclose(snapped.center, truth.center, atol=0.01)
+
+
+def test_ray_box_entry_slabs():
+    box = Box3D(np.array([0.0, 0.0, 2.5]), np.array([1.0, 1.0, 1.0]))   # z from 2 to 3
+    rays = np.array([[0.0, 0.0, 1.0],      # straight through the front face
+                     [0.2, 0.0, 1.0],      # through the front face, off axis
+                     [1.0, 0.0, 1.0],      # passes beside it
+                     [0.0, 0.0, -1.0]])    # points away from it
+    t, hit = ray_box_entry(box, rays)
+    np.testing.assert_allclose(t[:2], [2.0, 2.0])
+    assert hit.tolist() == [True, True, False, False]
+    turned = Box3D.from_yaw(np.array([0.0, 0.0, 2.5]), np.array([1.0, 1.0, 1.0]), np.pi / 4)
+    t, hit = ray_box_entry(turned, rays[:1])
+    np.testing.assert_allclose(t, [2.5 - np.sqrt(0.5)])                 # enters at the nearer edge
+    inside = Box3D(np.zeros(3), np.array([1.0, 1.0, 1.0]))
+    t, hit = ray_box_entry(inside, rays[:1])
+    assert t[0] < 0 and hit[0]                                          # the camera sits inside it

@@ -30,13 +30,15 @@ def ray_box_entry(box: Box3D, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Where rays from the optical centre enter `box` (optical frame): (N,) entry parameter t
     (for rays scaled to z = 1 this is the entry depth) and (N,) bool, whether the ray hits the box
     in front of the camera. Slab method in the box's own axes."""
-    return _ray_box_entry(box.center, 0.5 * box.size, box.rotation, rays)
+    return _slab_entry(*_in_box_axes(box.center, box.rotation, rays), 0.5 * box.size)
 
 
-def _ray_box_entry(center: np.ndarray, half: np.ndarray, rotation: np.ndarray, rays: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    origin = -(rotation.T @ center)                     # the camera in the box's axes
-    d = np.asarray(rays, dtype=np.float64) @ rotation
+def _in_box_axes(center: np.ndarray, rotation: np.ndarray, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The camera's position and the rays' directions in the axes of a box at `center`."""
+    return -(rotation.T @ center), np.asarray(rays, dtype=np.float64) @ rotation
+
+
+def _slab_entry(origin: np.ndarray, d: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         t1 = (-half - origin) / d
         t2 = (half - origin) / d
@@ -98,8 +100,9 @@ def snap_to_depth(box: Box3D, points: np.ndarray, mask: np.ndarray, camera: Came
         if len(p) < min_points:
             return box
         rays = p / p[:, 2:3]                            # z = 1: ray parameter = depth
-        _, through_core = _ray_box_entry(centre, inner, R, rays)
-        t_in, _ = _ray_box_entry(centre, half, R, rays[through_core])
+        origin, d = _in_box_axes(centre, R, rays)      # one transform for the core and the full box
+        _, through_core = _slab_entry(origin, d, inner)
+        t_in, _ = _slab_entry(origin, d[through_core], half)
         residual = p[through_core, 2] - t_in
         residual = residual[np.abs(residual) <= reach]
         if residual.size < min_points:
