@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source-embedding", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
                    help="decoder's measured/estimated geometry embedding")
     p.add_argument("--encoder-context", type=int, default=0, help="encoder self-attention blocks at stride 16")
+    p.add_argument("--mirror", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                   help="mirror half of the images and their targets (train_compact --mirror)")
     p.add_argument("--kernels", action="store_true", help="also report GPU busy time per step (torch.profiler)")
     a = p.parse_args(argv)
     cfg = TrainConfig(device=a.device, scenes=a.scenes, images_per_step=a.images_per_step,
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         sync()
         t1 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss, _ = step_losses(run_enc, dec, ds, batch, trng, dec_cfg)
+            loss, _ = step_losses(run_enc, dec, ds, batch, trng, dec_cfg, mirror=a.mirror)
         sync()
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     busy_ms = float("nan")
     if a.kernels and cuda:
         busy_ms = _gpu_busy_ms(lambda: train_step(run_enc, dec, ds, collate(ds, rng, cfg, dec_cfg, tok), trng,
-                                                  dec_cfg, opt, params, amp=True), 10)
+                                                  dec_cfg, opt, params, amp=True, mirror=a.mirror), 10)
     refresh_wall, swap_ms = _time_refresh(ds, rng, sync)
     ds.close()
     step = statistics.median(phases["step"])

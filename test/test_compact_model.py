@@ -296,3 +296,34 @@ def test_source_embedding_tells_measured_from_estimated_geometry():
     a, _, _ = plain.embed_image(feats, pts, valid, torch.tensor([False, True]))
     b, _, _ = plain.embed_image(feats, pts, valid)
     torch.testing.assert_close(a, b)
+
+
+def _mirrored(box: Box3D, cam: CameraModel, up: np.ndarray):
+    """The same view reflected in the camera's y-z plane: image column u -> W-1-u."""
+    M = np.diag([-1.0, 1.0, 1.0])
+    # Reflected axes, the first one turned back so the rotation stays proper (same box).
+    box_m = Box3D(M @ box.center, box.size, M @ box.rotation @ M)
+    K = cam.K
+    cam_m = CameraModel.from_intrinsics(K[0, 0], K[1, 1], cam.width - 1 - K[0, 2], K[1, 2], cam.width, cam.height)
+    return box_m, cam_m, M @ up
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.4, -1.2, 2.0])
+@pytest.mark.parametrize("centre", [(0.3, 0.2, 2.5), (-1.1, 0.4, 3.0), (0.05, -0.3, 1.2)])
+def test_mirrored_view_targets_are_the_mirrored_targets(yaw, centre):
+    """Training mirrors images on the GPU and turns each target with MIRROR_SIGNS and the patch column
+    flip: that must equal the target of the mirrored scene, for tilted and rolled cameras and any yaw."""
+    from n3d_ros.core.frames import gravity_rotation
+    from n3d_ros.vlm.compact_targets import MIRROR_SIGNS, dense_target, heat_target
+    cam = CameraModel.from_intrinsics(240.0, 240.0, 151.3, 122.0, 320, 240)    # off-centre principal point
+    up = _tilted_up(-0.3, 0.12)
+    box = Box3D(centre, [0.5, 0.9, 0.3], gravity_rotation(up).T @ axis_rotation(1, yaw))
+    box_m, cam_m, up_m = _mirrored(box, cam, up)
+    t, t_m = box_to_target(box, cam, up, 20, 15, 16), box_to_target(box_m, cam_m, up_m, 20, 15, 16)
+    row, col = divmod(t.patch, 20)
+    assert t_m.patch == row * 20 + (19 - col)
+    np.testing.assert_allclose(t_m.params, t.params * np.array(MIRROR_SIGNS), atol=1e-9)
+    # The heat map of the mirrored scene is the heat map with its columns reversed.
+    d, d_m = dense_target(box, 3, 1, cam, up, 20, 15, 16), dense_target(box_m, 3, 1, cam_m, up_m, 20, 15, 16)
+    heat, heat_m = heat_target([d], 15, 20, 5), heat_target([d_m], 15, 20, 5)
+    np.testing.assert_allclose(heat_m.reshape(15, 20, 5), heat.reshape(15, 20, 5)[:, ::-1], atol=1e-9)

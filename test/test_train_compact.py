@@ -58,10 +58,10 @@ def test_refresh_swaps_images_and_questions_together(tmp_path):
 def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     out = tmp_path / "model"
     # Every architecture option at once: fine features and global context in the encoder, sub-patch depth
-    # detail and the geometry-source embedding in the decoder.
+    # detail and the geometry-source embedding in the decoder; mirrored images.
     cfg = TrainConfig(out=str(out), device="cpu", minutes=0.05, scenes=6, workers=1, render_batch=6,
                       images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
-                      fine_features=True, depth_cells=4, source_embedding=True, encoder_context=1)
+                      fine_features=True, depth_cells=4, source_embedding=True, encoder_context=1, mirror=True)
     meta = train(cfg)
     assert meta["state"]["step"] >= 1
     for f in ("config.json", "encoder.safetensors", "encoder.onnx", "decoder.safetensors", "tokenizer.json",
@@ -203,3 +203,93 @@ def test_a_resumed_stage_continues_with_the_saved_optimizer_state(tmp_path):
     # The last stage saves no optimizer state: a stale one must not stay beside its weights.
     train(replace(base, resume=str(out), lr_span_start=0.5, warmup_steps=0))
     assert not saved.exists()
+
+
+def _mirrored_job(job):
+    """A question job (render_scenes) of the same scene reflected in the camera's y-z plane."""
+    from n3d_ros.core.box import Box3D
+    from n3d_ros.core.camera import CameraModel
+    scene, cam, *rest = job
+    M = np.diag([-1.0, 1.0, 1.0])
+    objects = tuple(replace(o, box=Box3D(M @ o.box.center, o.box.size, M @ o.box.rotation @ M, o.box.frame))
+                    for o in scene.objects)
+    K = cam.K
+    cam_m = CameraModel.from_intrinsics(K[0, 0], K[1, 1], cam.width - 1 - K[0, 2], K[1, 2], cam.width, cam.height)
+    return (replace(scene, objects=objects, up=M @ scene.up), cam_m, *rest)
+
+
+def test_mirrored_batch_is_the_batch_of_the_mirrored_scenes(tmp_path):
+    """mirror_batch on the GPU must give exactly the targets the workers would have made for the
+    mirrored scenes (pointer patches and boxes, <obj> regions, heat maps, dense positives with
+    their neighbours), and mirror_images the rays of the mirrored camera."""
+    from n3d_ros.geometry.compact_encoder import CompactEncoderConfig
+    from n3d_ros.tools.train_compact import (_question_records, build_tokenizer, collate, mirror_batch,
+                                             mirror_images, new_decoder_config, render_scenes)
+    from n3d_ros.vlm.compact_tokenizer import CompactTokenizer
+
+    tok = build_tokenizer(n_scenes=20)
+    tok.save(tmp_path / "tok.json")
+    enc_cfg = CompactEncoderConfig()
+    dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=True)
+    cfg = TrainConfig(device="cpu", scenes=4, workers=1, render_batch=4, questions_per_scene=6,
+                      images_per_step=4, questions_per_image=6, dense_head=True, mirror=True)
+    ds = GpuDataset(cfg, enc_cfg, dec_cfg, str(tmp_path / "tok.json"), _log)
+    try:
+        from n3d_ros.sim.world import generate_scene
+        jobs = render_scenes([generate_scene(s) for s in range(4)], enc_cfg, dec_cfg, str(tmp_path / "tok.json"),
+                             cfg, "cpu").jobs
+        n_obj = 0
+        for slot, job in enumerate(jobs):
+            ds.questions[slot], ds.heat[slot], ds.positives[slot] = _question_records(job)
+        batch = collate(ds, np.random.default_rng(3), cfg, dec_cfg, CompactTokenizer.load(tmp_path / "tok.json"))
+        for slot, job in enumerate(jobs):
+            ds.questions[slot], ds.heat[slot], ds.positives[slot] = _question_records(_mirrored_job(job))
+            n_obj += len(ds.positives[slot])
+        expected = collate(ds, np.random.default_rng(3), cfg, dec_cfg, CompactTokenizer.load(tmp_path / "tok.json"))
+        assert n_obj > 4 and len(batch[7]) > 4          # objects and grounded phrases to compare
+        flip = torch.ones(4, dtype=torch.bool)
+        got = mirror_batch(batch, flip, dec_cfg.grid_w, dec_cfg.grid_h)
+        # The generator orders a yes/no pair by the answer it wants ("is A left of B" or "is B left of
+        # A"), so a mirrored scene may ask the other order: compare the questions asked the same way.
+        same = (batch[2] == expected[2]).all(1) & (batch[4] == expected[4]).all(1)
+        assert same.float().mean() > 0.7
+        for k in (0, 1, 2, 3, 4, 5):
+            torch.testing.assert_close(got[k], expected[k] if k in (0, 1) else batch[k])
+        torch.testing.assert_close(got[6][same], expected[6][same])
+        g_same = same[batch[7]]
+        assert g_same.sum() > 4
+        for k in (9, 10):
+            torch.testing.assert_close(got[k][g_same], expected[k][same[expected[7]]], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got[11][0], expected[11][0])   # heat maps
+        # Dense positives, one row per supervised patch (the neighbours come in another order).
+        def rows_of(dense):
+            r = torch.cat([dense[1].float(), dense[2][:, None], dense[3]], dim=1)
+            return r[np.lexsort(r.numpy().round(4).T[::-1])]
+        assert len(got[11][1]) > 4 * 4
+        torch.testing.assert_close(rows_of(got[11]), rows_of(expected[11]), atol=1e-5, rtol=0)
+        assert not torch.equal(got[9], batch[9])        # the patches did move
+        # Half flipped: the others keep their targets.
+        half = torch.tensor([True, False, True, False])
+        mixed = mirror_batch(batch, half, dec_cfg.grid_w, dec_cfg.grid_h)
+        rows = half[batch[1]]
+        torch.testing.assert_close(mixed[6][rows & same], expected[6][rows & same])
+        torch.testing.assert_close(mixed[6][~rows], batch[6][~rows])
+        torch.testing.assert_close(mixed[11][0][half], expected[11][0][half])
+        torch.testing.assert_close(mixed[11][0][~half], batch[11][0][~half])
+
+        # Rays of the mirrored image are the mirrored camera's rays.
+        idx = batch[0]
+        image = ds.rgb[idx].permute(0, 3, 1, 2).float()
+        _, rays_m, _, up_m = mirror_images(flip, image, ds.rays(idx), ds.depth[idx].float()[:, None], ds.up[idx])
+        for k, i in enumerate(idx.tolist()):
+            cam_m = _mirrored_job(jobs[i])[1]
+            u = torch.arange(cam_m.width, dtype=torch.float32)
+            torch.testing.assert_close(rays_m[k, 0, 0], (u - float(cam_m.K[0, 2])) / float(cam_m.K[0, 0]))
+            torch.testing.assert_close(up_m[k], torch.as_tensor(_mirrored_job(jobs[i])[0].up, dtype=torch.float32))
+    finally:
+        ds.close()
+
+
+def test_mirror_needs_the_dense_head():
+    with pytest.raises(ValueError, match="dense head"):
+        TrainConfig(device="cpu", mirror=True, dense_head=False)

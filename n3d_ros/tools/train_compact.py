@@ -40,7 +40,7 @@ from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEnco
 from ..geometry.preprocess import model_grid_transform
 from ..vlm.compact_backend import DEFAULT_INFERENCE, encoder_config
 from ..vlm.compact_model import BOX_PARAMS, CompactSpatialDecoder, CompactVLMConfig
-from ..vlm.compact_targets import box_to_target, dense_target, heat_target, output_tokens
+from ..vlm.compact_targets import MIRROR_SIGNS, box_to_target, dense_target, heat_target, output_tokens
 from ..vlm.compact_tokenizer import CompactTokenizer
 from .eval_spatial import HELD_OUT_FIRST_SEED
 
@@ -85,6 +85,7 @@ class TrainConfig:
     depth_cells: int = 0             # new decoders: sub-patch depth detail (CompactVLMConfig.depth_cells)
     source_embedding: bool = False   # new decoders: measured/estimated geometry embedding (CompactVLMConfig)
     encoder_context: int = 0         # new encoders: global self-attention blocks at stride 16 (CompactEncoderConfig)
+    mirror: bool = False             # mirror half of the images (and targets) each step: twice the scenes
 
     def __post_init__(self) -> None:
         if self.compile not in ("none", "encoder"):
@@ -93,6 +94,9 @@ class TrainConfig:
             raise ValueError(f"wall_minutes must be >= 0 (0 = no limit), got {self.wall_minutes}")
         if not 0.0 <= self.neighbour_weight <= 1.0:
             raise ValueError(f"neighbour_weight must be in [0, 1], got {self.neighbour_weight}")
+        if self.mirror and not self.dense_head:
+            # Without the dense head, set answers list objects left to right: a mirror would reverse them.
+            raise ValueError("mirror needs the dense head (--dense-head true)")
         if not 0.0 <= self.lr_span_start < self.lr_span_end <= 1.0:
             raise ValueError(f"need 0 <= lr_span_start < lr_span_end <= 1, got {self.lr_span_start}, "
                              f"{self.lr_span_end}")
@@ -160,6 +164,11 @@ def _fresh_scenes(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     seeds, enc_cfg, dec_cfg, tok_path, cfg = args
     r = render_scenes([_make_scene(s) for s in seeds], enc_cfg, dec_cfg, tok_path, cfg, "cpu")
     return r.rgb.numpy(), r.depth.numpy(), r.K.numpy(), r.up.numpy(), [_question_records(j) for j in r.jobs]
+
+
+def _question_batch(jobs: list) -> list:
+    """Worker: _question_records of a rendered batch."""
+    return [_question_records(j) for j in jobs]
 
 
 def _question_records(args):
@@ -300,21 +309,26 @@ class GpuDataset:
         self.u, self.v = u, v
         self.next_seed = max(0, cfg.scene_seed_offset)
         self._pending: tuple[np.ndarray, list] | None = None       # (slots, futures)
+        # The first fill as a pipeline: the workers generate scenes (in seed order), this process
+        # renders each batch on the device as soon as it is generated, and the workers question
+        # the rendered batches once their generation jobs are done: the three steps overlap
+        # instead of running one after the other.
         t0 = time.time()
-        slots = np.arange(n)
-        scenes = list(self.pool.map(_make_scene, self._take_seeds(n), chunksize=64))
-        log(f"generated {n} scenes in {time.time() - t0:.1f} s")
-        t0 = time.time()
-        jobs = []
-        for start in range(0, n, cfg.render_batch):
-            r = render_scenes(scenes[start:start + cfg.render_batch], enc_cfg, dec_cfg, tok_path, cfg, dev)
-            self._put(slots[start:start + len(r.jobs)], r.rgb, r.depth, r.K, r.up)
-            jobs += r.jobs
-        log(f"rendered {n} images in {time.time() - t0:.1f} s")
-        t0 = time.time()
-        for slot, result in zip(slots, self.pool.map(_question_records, jobs, chunksize=32)):
-            self._store(slot, result)
-        log(f"made {sum(len(q) for q in self.questions)} questions in {time.time() - t0:.1f} s")
+        generated = self.pool.map(_make_scene, self._take_seeds(n), chunksize=32)
+        pending, chunk, start = [], [], 0
+        for scene in generated:
+            chunk.append(scene)
+            if len(chunk) < cfg.render_batch and start + len(chunk) < n:
+                continue
+            r = render_scenes(chunk, enc_cfg, dec_cfg, tok_path, cfg, dev)
+            self._put(np.arange(start, start + len(chunk)), r.rgb, r.depth, r.K, r.up)
+            pending.append((start, self.pool.submit(_question_batch, r.jobs)))
+            start, chunk = start + len(chunk), []
+        log(f"generated and rendered {n} scenes in {time.time() - t0:.1f} s")
+        for first, future in pending:
+            for slot, result in enumerate(future.result(), start=first):
+                self._store(slot, result)
+        log(f"made {sum(len(q) for q in self.questions)} questions, set-up done in {time.time() - t0:.1f} s")
         self.usable = np.array([i for i, q in enumerate(self.questions) if q])
 
     def _put(self, slots: np.ndarray, rgb, depth, K, up) -> None:
@@ -448,11 +462,64 @@ def _weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (x * w).sum() / w.sum().clamp_min(1e-6)
 
 
-def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig):
+# ----------------------------------------------------------------------------- mirroring
+def _mirror_patch(patch: torch.Tensor, flip: torch.Tensor, grid_w: int) -> torch.Tensor:
+    """Patch indices (row-major) with the column reversed where `flip`; negative ones (none) stay."""
+    mirrored = patch - patch % grid_w + (grid_w - 1 - patch % grid_w)
+    return torch.where(flip & (patch >= 0), mirrored, patch)
+
+
+def _mirror_params(params: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    signs = torch.tensor(MIRROR_SIGNS, dtype=params.dtype, device=params.device)
+    return torch.where(flip[:, None], params * signs, params)
+
+
+def mirror_batch(batch, flip: torch.Tensor, grid_w: int, grid_h: int):
+    """The batch's targets for its images mirrored where `flip` (per image, bool): the scene
+    reflected in the camera's y-z plane, a new valid view of a new scene (compact_targets:
+    patch column reversed, du and yaw negated). The question text and output tokens stay: the
+    decoder names and grounds objects; left/right answers come from the boxes, not from it."""
     (img_idx, image_index, q_ids, q_pad, out_in, out_tgt, region, g_row, g_pos, g_patch, g_params, dense) = batch
+    row_flip = flip[image_index]                                        # per question row
+    region = _mirror_patch(region, row_flip[:, None].expand_as(region), grid_w)
+    g_flip = row_flip[g_row]
+    g_patch, g_params = _mirror_patch(g_patch, g_flip, grid_w), _mirror_params(g_params, g_flip)
+    if dense is not None:
+        heat, pos_idx, pos_weight, pos_params = dense
+        Bi, N, K = heat.shape
+        heat = torch.where(flip[:, None, None], heat.view(Bi, grid_h, grid_w, K).flip(2).reshape(Bi, N, K), heat)
+        p_flip = row_flip[pos_idx[:, 0]]
+        pos_idx = torch.stack([pos_idx[:, 0], _mirror_patch(pos_idx[:, 1], p_flip, grid_w), pos_idx[:, 2],
+                               pos_idx[:, 3]], dim=-1)
+        dense = (heat, pos_idx, pos_weight, _mirror_params(pos_params, p_flip))
+    return (img_idx, image_index, q_ids, q_pad, out_in, out_tgt, region, g_row, g_pos, g_patch, g_params, dense)
+
+
+def mirror_images(flip: torch.Tensor, image: torch.Tensor, rays: torch.Tensor, depth: torch.Tensor,
+                  up: torch.Tensor):
+    """Images (B,C,H,W), rays (B,2,H,W), depth (B,1,H,W) and up vectors (B,3) of the mirrored
+    scene where `flip`: columns reversed, and the rays' and up vector's x negated (optical frame)."""
+    f4 = flip[:, None, None, None]
+    x_sign = torch.tensor([-1.0, 1.0], device=rays.device, dtype=rays.dtype)[None, :, None, None]
+    up_sign = torch.tensor([-1.0, 1.0, 1.0], device=up.device, dtype=up.dtype)
+    return (torch.where(f4, image.flip(-1), image), torch.where(f4, rays.flip(-1) * x_sign, rays),
+            torch.where(f4, depth.flip(-1), depth), torch.where(flip[:, None], up * up_sign, up))
+
+
+def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig, *,
+                mirror: bool = False):
+    """Total loss and detached statistics of one batch. `mirror`: each image is mirrored with
+    probability 1/2 (with its targets), so a scene in the pool is seen as two scenes."""
+    img_idx = batch[0]
     image = ds.rgb[img_idx].permute(0, 3, 1, 2).float() / 255.0
     rays = ds.rays(img_idx)
     depth_gt = ds.depth[img_idx].float()[:, None]
+    up_img = ds.up[img_idx]
+    if mirror:
+        flip = torch.rand(len(img_idx), device=image.device, generator=rng) < 0.5
+        image, rays, depth_gt, up_img = mirror_images(flip, image, rays, depth_gt, up_img)
+        batch = mirror_batch(batch, flip, dec_cfg.grid_w, dec_cfg.grid_h)
+    (_, image_index, q_ids, q_pad, out_in, out_tgt, region, g_row, g_pos, g_patch, g_params, dense) = batch
     valid_gt = depth_gt > 0.05
     points, mask_logits, features = enc(image, rays)
     z = points[:, 2:3].clamp_min(1e-3)
@@ -472,7 +539,7 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
                             measured=use_gt.reshape(-1))
     tok_loss = F.cross_entropy(out["logits"].flatten(0, 1).float(), out_tgt.flatten(), ignore_index=-100)
 
-    up_gt = ds.up[img_idx][image_index]
+    up_gt = up_img[image_index]
     up_loss = (1 - (out["up"].float() * up_gt).sum(-1)).mean()
     total = depth_loss + 0.2 * mask_loss + tok_loss + up_loss
     stats = {"depth": depth_loss, "tok": tok_loss, "up": up_loss}
@@ -505,11 +572,12 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
 
 
 def train_step(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig,
-               opt: torch.optim.Optimizer, params: list, *, amp: bool) -> dict[str, torch.Tensor]:
+               opt: torch.optim.Optimizer, params: list, *, amp: bool, mirror: bool = False
+               ) -> dict[str, torch.Tensor]:
     """One optimization step (bf16 autocast on CUDA when `amp`, gradients clipped to norm 1);
     returns the detached loss statistics."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        loss, stats = step_losses(enc, dec, ds, batch, rng, dec_cfg)
+        loss, stats = step_losses(enc, dec, ds, batch, rng, dec_cfg, mirror=mirror)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -620,7 +688,7 @@ def train(cfg: TrainConfig) -> dict:
         if due or ds.refreshing:
             ds.refresh(rng)
         stats = train_step(run_enc, dec, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt, params,
-                           amp=use_amp)
+                           amp=use_amp, mirror=cfg.mirror)
         step += 1
         for k, v in stats.items():
             agg[k] = agg.get(k, 0.0) + v

@@ -12,6 +12,8 @@ Box parameters (model grid, gravity-levelled frame):
   dlogz    log(centre z / patch mean z)
   log w, log h, log l   sizes along the levelled box axes (x, vertical, z)
   sin 2t, cos 2t        yaw about the vertical axis (a box is the same under a half turn)
+Mirrored image (pixel column u -> W-1-u, i.e. the scene reflected in the camera's y-z plane): a
+target's patch column c -> grid_w-1-c and its parameters times MIRROR_SIGNS (du and the yaw flip).
 """
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ from ..core.frames import Frame, axis_rotation, gravity_rotation
 from ..core.question_parser import singularize
 from ..core.questions import SET_KINDS, QuerySpec, QuestionKind
 from .compact_tokenizer import CompactTokenizer
+
+
+# Box parameters of the mirrored scene: du -> -du, yaw -> -yaw (so sin 2t -> -sin 2t); the rest stay.
+MIRROR_SIGNS = (-1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0)
 
 
 @dataclass(frozen=True)
