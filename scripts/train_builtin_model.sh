@@ -5,7 +5,8 @@
 # first half and saves the AdamW state, stage 2 resumes from stage 1's folder (weights, optimizer
 # state, tokenizer, training_state.json) and covers the second half; its scene seeds continue where
 # stage 1 stopped. --wall-minutes shortens a stage's training when scene generation is slow (it took
-# 2x longer on one lent host), so each command ends in time.
+# 2x longer on one lent host), so each command ends in time. --mirror shows half of the images of each
+# step reflected left-right (targets turned to match), so every scene in the pool counts twice.
 #
 #   bash scripts/train_builtin_model.sh 1 models/n3d_compact    # from scratch
 #   bash scripts/train_builtin_model.sh 2 models/n3d_compact    # resumes
@@ -19,7 +20,7 @@ out=${2:-models/n3d_compact}
 shift $(( $# < 2 ? $# : 2 ))
 common=(--device cuda --workers "${WORKERS:-14}" --scenes 16000 --images-per-step 48 --questions-per-image 4
         --refresh-fraction 0.05 --dense-head true --neighbour-weight 0.5 --compile encoder --fine-features true
-        --lr 1e-3 --minutes "${MINUTES:-8.0}" --wall-minutes "${WALL_MINUTES:-9.2}" --out "$out")
+        --mirror true --lr 1e-3 --minutes "${MINUTES:-8.0}" --wall-minutes "${WALL_MINUTES:-9.2}" --out "$out")
 case "$stage" in
   1) python -m n3d_ros.tools.train_compact "${common[@]}" --refresh-every-steps 80 --warmup-steps 300 \
        --lr-span-end 0.5 --save-optimizer true "$@" ;;

@@ -1,7 +1,9 @@
 """The training script end to end on CPU (tiny): data, refresh, a few steps, a loadable model folder."""
 import json
+import re
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,3 +295,31 @@ def test_mirrored_batch_is_the_batch_of_the_mirrored_scenes(tmp_path):
 def test_mirror_needs_the_dense_head():
     with pytest.raises(ValueError, match="dense head"):
         TrainConfig(device="cpu", mirror=True, dense_head=False)
+
+
+def _script_flags(text: str) -> dict[str, str]:
+    """--flag value pairs of a shell snippet (value-less flags are not used by the recipe)."""
+    tokens = re.findall(r"--([a-z-]+)\s+\"?([^\s\"\\)]+)", text)
+    return {k.replace("-", "_"): v for k, v in tokens}
+
+
+def test_shipped_model_was_trained_by_the_committed_recipe():
+    """The shipped weights' training record must show the recipe script's settings, stage by stage
+    (a weight file from another command would make the model card's command wrong)."""
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "train_builtin_model.sh").read_text()
+    common = _script_flags(script.split("common=(", 1)[1].split(")\ncase", 1)[0])
+    stages = {"1": _script_flags(script.split("  1) ", 1)[1].split(";;", 1)[0]),
+              "2": _script_flags(script.split("  2) ", 1)[1].split(";;", 1)[0])}
+    runs = json.loads((root / "models" / "n3d_compact" / "training_state.json").read_text())["state"]["runs"]
+    assert len(runs) == 2
+    for run, stage in zip(runs, ("1", "2")):
+        cfg = run["config"]
+        for key, value in {**common, **stages[stage]}.items():
+            if key in ("out", "resume", "workers", "minutes", "wall_minutes") or value.startswith("$"):
+                continue                                   # paths and host/time knobs the script takes from env
+            got = cfg[key]
+            want = type(got)(value.lower() in ("1", "true", "yes")) if isinstance(got, bool) else type(got)(value)
+            assert got == want, f"stage {stage}: {key} = {got!r} in the training record, {value!r} in the script"
+        assert cfg["device"] == "cuda"
+    assert runs[0]["config"]["resume"] == "" and runs[1]["config"]["resume"] == runs[0]["config"]["out"]
