@@ -16,7 +16,9 @@ A run stops at its time budget and saves a resumable checkpoint (safetensors + J
 command on the lent GPU may run at most 10 minutes. `--refresh-every-steps N` keeps replacing a
 `--refresh-fraction` of the scenes with fresh ones while training: a fixed set of 16,000 scenes
 was memorized within minutes by an earlier model. A resumed run continues the scene seeds where
-the previous one stopped; seeds never reach the benchmark's held-out range.
+the previous one stopped; seeds never reach the benchmark's held-out range. `--mirror true` shows
+half of each step's images reflected left-right with their targets turned to match (`mirror_batch`):
+a valid new scene each, because the pool is still seen ~10 times per scene and memorized otherwise.
 """
 from __future__ import annotations
 
