@@ -471,9 +471,22 @@ def _mirror_patch(patch: torch.Tensor, flip: torch.Tensor, grid_w: int) -> torch
     return torch.where(flip & (patch >= 0), mirrored, patch)
 
 
+# Box parameter columns that change sign in a mirrored scene (MIRROR_SIGNS). Sign flips below are
+# written with slices and negation, not with constant tensors, so a step copies nothing to the GPU.
+_MIRRORED_PARAMS = tuple(i for i, sign in enumerate(MIRROR_SIGNS) if sign < 0)
+
+
 def _mirror_params(params: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    signs = torch.tensor(MIRROR_SIGNS, dtype=params.dtype, device=params.device)
-    return torch.where(flip[:, None], params * signs, params)
+    out = params.clone()
+    sign = 1.0 - 2.0 * flip.to(params.dtype)
+    for c in _MIRRORED_PARAMS:
+        out[:, c] = out[:, c] * sign
+    return out
+
+
+def _negate_x(x: torch.Tensor) -> torch.Tensor:
+    """x (B, C, ...) with its first channel (an optical-frame x) negated."""
+    return torch.cat([-x[:, :1], x[:, 1:]], dim=1)
 
 
 def mirror_batch(batch, flip: torch.Tensor, grid_w: int, grid_h: int):
@@ -502,10 +515,8 @@ def mirror_images(flip: torch.Tensor, image: torch.Tensor, rays: torch.Tensor, d
     """Images (B,C,H,W), rays (B,2,H,W), depth (B,1,H,W) and up vectors (B,3) of the mirrored
     scene where `flip`: columns reversed, and the rays' and up vector's x negated (optical frame)."""
     f4 = flip[:, None, None, None]
-    x_sign = torch.tensor([-1.0, 1.0], device=rays.device, dtype=rays.dtype)[None, :, None, None]
-    up_sign = torch.tensor([-1.0, 1.0, 1.0], device=up.device, dtype=up.dtype)
-    return (torch.where(f4, image.flip(-1), image), torch.where(f4, rays.flip(-1) * x_sign, rays),
-            torch.where(f4, depth.flip(-1), depth), torch.where(flip[:, None], up * up_sign, up))
+    return (torch.where(f4, image.flip(-1), image), torch.where(f4, _negate_x(rays.flip(-1)), rays),
+            torch.where(f4, depth.flip(-1), depth), torch.where(flip[:, None], _negate_x(up), up))
 
 
 def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig, *,
