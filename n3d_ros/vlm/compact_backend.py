@@ -38,7 +38,7 @@ LOG = logging.getLogger("n3d_ros.vlm")
 REQUIRED_FILES = ("config.json", "decoder.safetensors", "tokenizer.json")
 FORMAT = "n3d_compact"
 # Inference settings of a model folder whose config.json names none (a fresh training run writes them):
-# chosen on validation seeds for the built-in models v3 and v4, which both kept them.
+# chosen on validation seeds for the built-in models v3 and v4 and re-checked for v5, which all kept them.
 DEFAULT_INFERENCE = {
     "detection_threshold": 0.3,   # heat-map score above which the dense head reports an object
     "phrase_grounding": "dense",  # where a named phrase is grounded: "dense" (its heat map) or "pointer"

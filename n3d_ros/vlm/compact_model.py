@@ -51,7 +51,7 @@ class CompactVLMConfig:
     depth_cells: int = 0
     # A learned embedding on every image token says whether the geometry was measured (a depth camera) or
     # estimated by the encoder, so the box head may trust a measured point map and correct an estimated
-    # one (whose scale can be off by several percent). False: no such embedding (the v4 model).
+    # one (whose scale can be off by several percent). False: no such embedding (the shipped model).
     source_embedding: bool = False
 
     def __post_init__(self) -> None:
