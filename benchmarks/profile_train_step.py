@@ -6,9 +6,8 @@
     python benchmarks/profile_train_step.py --device cuda --dense-head true --fine-features true
 
 Times, per step, with the GPU synchronized around each phase (so phases do not overlap as they do
-in training): batch assembly on the CPU, forward, backward, optimizer; plus the scene factory's
-fresh scenes (how many a second, with the loop only polling, and the loop's own share: polling and
-swapping them in).
+in training): batch assembly on the CPU, forward, backward, optimizer; plus one background refresh
+of `refresh_fraction` of the scenes (its wall time in the workers, and the part the loop waits for).
 Prints a markdown table (median ms and share of the step).
 --compile encoder runs the encoder through `torch.compile` (train_compact.compile_for_training);
 --kernels adds the GPU's busy time per step (torch.profiler): far below the step time means the
@@ -38,7 +37,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--questions-per-image", type=int, default=4)
     p.add_argument("--dense-head", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--refresh-ahead", type=int, default=512, help="fresh scenes kept asked for (train_compact)")
     p.add_argument("--compile", choices=("none", "encoder"), default="none")
     p.add_argument("--fine-features", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--depth-cells", type=int, default=0, help="sub-patch depth detail of the decoder (0 = off)")
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     cfg = TrainConfig(device=a.device, scenes=a.scenes, images_per_step=a.images_per_step,
                       questions_per_image=a.questions_per_image, workers=a.workers, scene_seed_offset=0,
-                      dense_head=a.dense_head, refresh_ahead=a.refresh_ahead)
+                      dense_head=a.dense_head)
     tok = build_tokenizer(n_scenes=100)
     tok_path = "/tmp/n3d_profile_tokenizer.json"
     tok.save(tok_path)
@@ -98,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.kernels and cuda:
         busy_ms = _gpu_busy_ms(lambda: train_step(run_enc, dec, ds, collate(ds, rng, cfg, dec_cfg, tok), trng,
                                                   dec_cfg, opt, params, amp=True, mirror=a.mirror), 10)
-    rate, loop_ms = _time_refresh(ds, rng, sync, 2 * a.refresh_ahead)
+    refresh_wall, swap_ms = _time_refresh(ds, rng, sync)
     ds.close()
     step = statistics.median(phases["step"])
     name = torch.cuda.get_device_name(0) if cuda else "CPU"
@@ -108,29 +106,29 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in phases.items():
         m = statistics.median(v)
         print(f"| {k} | {m:.1f} | {m / step:.0%} |")
-    print(f"\nsteps/s (phases serialized): {1e3 / step:.1f}; fresh scenes from the factory ({cfg.workers} workers): "
-          f"{rate:.0f}/s, {loop_ms:.0f} ms of the training loop per 100")
+    print(f"\nsteps/s (phases serialized): {1e3 / step:.1f}; refresh of "
+          f"{max(1, int(cfg.refresh_fraction * cfg.scenes))} scenes: {refresh_wall:.1f} s in {cfg.workers} workers, "
+          f"{swap_ms:.0f} ms in the training loop")
     if a.compile != "none":
         print(f"compile + warm-up: {t_compile:.0f} s")
     if a.kernels and cuda:
         print(f"GPU busy per step (sum of kernel times): {busy_ms:.1f} ms")
 
 
-def _time_refresh(ds, rng, sync, n: int) -> tuple[float, float]:
-    """Fresh scenes a second the scene factory delivers while the loop polls every 20 ms (no steps
-    in between), and the loop's own time per 100 of them (polling, swapping them into the slots)."""
+def _time_refresh(ds, rng, sync) -> tuple[float, float]:
+    """Wall time of one background refresh (worker processes) and the time the training loop
+    itself spends in it (submitting, then swapping the finished scenes into their slots)."""
     in_loop = 0.0
-    ds.refresh(rng)
-    start, t0 = ds.fresh, time.perf_counter()
-    while ds.fresh - start < n:
+    t0 = time.perf_counter()
+    while True:
         sync()
         t1 = time.perf_counter()
         ds.refresh(rng)
         sync()
         in_loop += time.perf_counter() - t1
+        if not ds.refreshing:
+            return time.perf_counter() - t0, in_loop * 1e3
         time.sleep(0.02)
-    made = ds.fresh - start
-    return made / (time.perf_counter() - t0), in_loop * 1e3 * 100 / made
 
 
 def _gpu_busy_ms(step, n: int) -> float:

@@ -7,26 +7,24 @@
 # stage 1 stopped. --wall-minutes shortens a stage's training when scene generation is slow (it took
 # 2x longer on one lent host), so each command ends in time. --mirror shows half of the images of each
 # step reflected left-right (targets turned to match), so every scene in the pool counts twice.
-# --refresh-ahead keeps the scene factory (n3d_ros/tools/scene_factory.py: its workers generate,
-# render and question) making fresh scenes that replace random ones in the pool throughout training.
 #
 #   bash scripts/train_builtin_model.sh 1 models/n3d_compact    # from scratch
 #   bash scripts/train_builtin_model.sh 2 models/n3d_compact    # resumes
 #
 # Further arguments go to n3d_ros.tools.train_compact after the recipe's own and override them.
-# Needs a CUDA GPU (about 12 GB of GPU memory) and ~14 CPU workers, which generate, render and question the
-# fresh scenes while the GPU trains.
+# Needs a CUDA GPU (about 10 GB of GPU memory) and ~14 CPU workers, which generate, render and
+# question the fresh scenes while the GPU trains.
 set -euo pipefail
 stage=${1:?stage 1 or 2}
 out=${2:-models/n3d_compact}
 shift $(( $# < 2 ? $# : 2 ))
-common=(--device cuda --workers "${WORKERS:-14}" --scenes 10000 --images-per-step 48 --questions-per-image 4
-        --refresh-ahead 256 --dense-head true --neighbour-weight 0.5 --compile encoder --fine-features true
+common=(--device cuda --workers "${WORKERS:-14}" --scenes 16000 --images-per-step 48 --questions-per-image 4
+        --refresh-fraction 0.05 --dense-head true --neighbour-weight 0.5 --compile encoder --fine-features true
         --mirror true --lr 1e-3 --minutes "${MINUTES:-8.0}" --wall-minutes "${WALL_MINUTES:-9.2}" --out "$out")
 case "$stage" in
-  1) python -m n3d_ros.tools.train_compact "${common[@]}" --warmup-steps 300 \
+  1) python -m n3d_ros.tools.train_compact "${common[@]}" --refresh-every-steps 80 --warmup-steps 300 \
        --lr-span-end 0.5 --save-optimizer true "$@" ;;
-  2) python -m n3d_ros.tools.train_compact "${common[@]}" --warmup-steps 0 \
+  2) python -m n3d_ros.tools.train_compact "${common[@]}" --refresh-every-steps 120 --warmup-steps 0 \
        --lr-span-start 0.5 --resume "$out" "$@" ;;
   *) echo "stage must be 1 or 2" >&2; exit 2 ;;
 esac

@@ -1,7 +1,6 @@
 """The training script end to end on CPU (tiny): data, refresh, a few steps, a loadable model folder."""
 import json
 import re
-import time
 
 from dataclasses import replace
 from pathlib import Path
@@ -17,75 +16,45 @@ def _log(_msg: str) -> None:
     pass
 
 
-def test_fresh_scenes_replace_slots_with_their_own_images_and_questions(tmp_path):
-    """The first fill puts seed i in slot i; fresh scenes from the factory replace random slots,
-    each with the image and questions of its own scene (as rendered and questioned directly)."""
+def test_refresh_swaps_images_and_questions_together(tmp_path):
     from n3d_ros.geometry.compact_encoder import CompactEncoderConfig
-    from n3d_ros.sim.world import generate_scene
     from n3d_ros.tools.train_compact import build_tokenizer
-    from n3d_ros.tools.train_data import question_records, render_scenes
     from n3d_ros.vlm.compact_model import CompactVLMConfig
 
     tok = build_tokenizer(n_scenes=20)
-    tok_path = str(tmp_path / "tok.json")
-    tok.save(tok_path)
-    cfg = TrainConfig(device="cpu", scenes=8, workers=1, render_batch=4, questions_per_scene=3, refresh_ahead=4)
-    enc_cfg, dec_cfg = CompactEncoderConfig(), CompactVLMConfig(vocab_size=tok.vocab_size)
-
-    def expect(seed: int):
-        r = render_scenes([generate_scene(seed)], enc_cfg, dec_cfg, tok_path, cfg, "cpu")
-        return r.rgb[0], r.depth[0], question_records(r.jobs[0])[0]
-
-    def check(ds, slot: int) -> None:
-        rgb, depth, questions = expect(int(ds.seed_of[slot]))
-        # Rendered in a batch of 4 against one: the last bit of a product may round differently.
-        assert (ds.rgb[slot].int() - rgb.int()).abs().max() <= 1
-        torch.testing.assert_close(ds.depth[slot], depth, rtol=1e-3, atol=0)
-        assert len(ds.questions[slot]) == len(questions)
-        for got, want in zip(ds.questions[slot], questions):
-            for a, b in zip(got, want):
-                np.testing.assert_array_equal(a, b)
-
-    ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, _log)
+    tok.save(tmp_path / "tok.json")
+    cfg = TrainConfig(device="cpu", scenes=8, workers=1, render_batch=8, questions_per_scene=3,
+                      refresh_fraction=0.25)
+    dec_cfg = CompactVLMConfig(vocab_size=tok.vocab_size)
+    ds = GpuDataset(cfg, CompactEncoderConfig(), dec_cfg, str(tmp_path / "tok.json"), _log)
     try:
-        assert ds.seed_of.tolist() == list(range(8)) and ds.next_seed == 8
-        for slot in (0, 5):
-            check(ds, slot)
         rng = np.random.default_rng(0)
-        before = ds.rgb.clone()
-        ds.refresh(rng)                                   # asks for 4 fresh scenes, swaps nothing yet
-        assert ds.factory.pending == 4 and ds.next_seed == 12 and ds.fresh == 0
-        deadline = time.monotonic() + 120
-        while ds.fresh < 4:
-            assert time.monotonic() < deadline, "no fresh scenes from the factory"
-            time.sleep(0.05)
-            ds.refresh(rng)
-        assert ds.fresh == 4 and ds.next_seed == 16       # the next 4 are asked for already
-        fresh = np.flatnonzero(ds.seed_of >= 8)
-        assert sorted(ds.seed_of[fresh].tolist()) == [8, 9, 10, 11]
-        for slot in fresh:
-            check(ds, int(slot))
-        kept = np.setdiff1d(np.arange(8), fresh)
-        assert torch.equal(ds.rgb[kept], before[kept]) and ds.seed_of[kept].tolist() == kept.tolist()
+        before, questions_before = ds.rgb.clone(), list(ds.questions)
+        ds.refresh(rng)                       # fresh scenes requested from the workers
+        slots, futures = ds._pending
+        for f in futures:
+            f.result()
+        assert torch.equal(ds.rgb, before)    # nothing changes until the whole batch is back
+        ds.refresh(rng)                       # swapped in: images and questions at once
+        assert not ds.refreshing and ds.next_seed == 8 + 2
+        changed = (ds.rgb != before).flatten(1).any(1).nonzero().flatten().tolist()
+        assert changed and set(changed) <= set(slots.tolist())
+        for s in slots:
+            assert ds.questions[s] is not questions_before[s]
         assert ds.usable.dtype.kind == "i"
-        assert set(ds.usable.tolist()) == {i for i in range(8) if ds.questions[i]}
+        assert set(slots.tolist()) <= set(ds.usable.tolist()) | {s for s in slots if not ds.questions[s]}
+        # A worker render (CPU) of a scene equals the first fill's render of it.
+        fresh = GpuDataset(replace(cfg, scenes=2, scene_seed_offset=8), CompactEncoderConfig(), dec_cfg,
+                           str(tmp_path / "tok.json"), _log)
+        try:
+            for slot, j in zip(slots, range(2)):        # seeds 8 and 9 went to the slots in order
+                assert torch.equal(ds.rgb[slot], fresh.rgb[j])
+                assert torch.equal(ds.depth[slot], fresh.depth[j])
+                assert len(ds.questions[slot]) == len(fresh.questions[j])
+        finally:
+            fresh.close()
     finally:
         ds.close()
-    assert not ds.factory._proc.is_alive()
-
-
-def test_a_failing_scene_factory_raises_in_the_training_process(tmp_path):
-    from n3d_ros.geometry.compact_encoder import CompactEncoderConfig
-    from n3d_ros.tools.scene_factory import SceneFactory
-    from n3d_ros.vlm.compact_model import CompactVLMConfig
-    factory = SceneFactory(TrainConfig(device="cpu", workers=1), CompactEncoderConfig(),
-                           CompactVLMConfig(vocab_size=8), str(tmp_path / "none.json"))
-    try:
-        factory.request([-1])                             # no such scene seed
-        with pytest.raises(RuntimeError, match="scene factory failed"):
-            factory.get(timeout_s=120)
-    finally:
-        factory.close()
 
 
 def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
@@ -93,7 +62,7 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     # Every architecture option at once: fine features and global context in the encoder, sub-patch depth
     # detail and the geometry-source embedding in the decoder; mirrored images.
     cfg = TrainConfig(out=str(out), device="cpu", minutes=0.05, scenes=6, workers=1, render_batch=6,
-                      refresh_ahead=2, images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
+                      images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
                       fine_features=True, depth_cells=4, source_embedding=True, encoder_context=1, mirror=True)
     meta = train(cfg)
     assert meta["state"]["step"] >= 1
@@ -144,7 +113,7 @@ def test_training_seeds_never_reach_the_benchmark_seeds(tmp_path):
 
 def test_visibility_threshold_follows_the_benchmark_rule():
     from n3d_ros.core.camera import CameraModel
-    from n3d_ros.tools.train_data import visibility_threshold
+    from n3d_ros.tools.train_compact import visibility_threshold
     from types import SimpleNamespace
     src = CameraModel.from_intrinsics(960.0, 960.0, 639.5, 359.5, 1280, 720)
     grid = CameraModel.from_intrinsics(240.0, 240.0, 159.5, 119.5, 320, 240)
@@ -155,7 +124,7 @@ def test_visibility_threshold_follows_the_benchmark_rule():
 
 
 def test_dense_positives_supervise_the_centre_and_its_neighbours():
-    from n3d_ros.tools.train_data import dense_positives
+    from n3d_ros.tools.train_compact import dense_positives
     from n3d_ros.vlm.compact_targets import DenseTarget, GroundingTarget, heat_target
 
     params = np.array([0.3, -0.2, 1.0, -1.0, -1.0, -1.0, 0.0, 1.0])
@@ -256,8 +225,8 @@ def test_mirrored_batch_is_the_batch_of_the_mirrored_scenes(tmp_path):
     mirrored scenes (pointer patches and boxes, <obj> regions, heat maps, dense positives with
     their neighbours), and mirror_images the rays of the mirrored camera."""
     from n3d_ros.geometry.compact_encoder import CompactEncoderConfig
-    from n3d_ros.tools.train_compact import build_tokenizer, collate, mirror_batch, mirror_images, new_decoder_config
-    from n3d_ros.tools.train_data import question_records, render_scenes
+    from n3d_ros.tools.train_compact import (_question_records, build_tokenizer, collate, mirror_batch,
+                                             mirror_images, new_decoder_config, render_scenes)
     from n3d_ros.vlm.compact_tokenizer import CompactTokenizer
 
     tok = build_tokenizer(n_scenes=20)
@@ -273,10 +242,10 @@ def test_mirrored_batch_is_the_batch_of_the_mirrored_scenes(tmp_path):
                              cfg, "cpu").jobs
         n_obj = 0
         for slot, job in enumerate(jobs):
-            ds.questions[slot], ds.heat[slot], ds.positives[slot] = question_records(job)
+            ds.questions[slot], ds.heat[slot], ds.positives[slot] = _question_records(job)
         batch = collate(ds, np.random.default_rng(3), cfg, dec_cfg, CompactTokenizer.load(tmp_path / "tok.json"))
         for slot, job in enumerate(jobs):
-            ds.questions[slot], ds.heat[slot], ds.positives[slot] = question_records(_mirrored_job(job))
+            ds.questions[slot], ds.heat[slot], ds.positives[slot] = _question_records(_mirrored_job(job))
             n_obj += len(ds.positives[slot])
         expected = collate(ds, np.random.default_rng(3), cfg, dec_cfg, CompactTokenizer.load(tmp_path / "tok.json"))
         assert n_obj > 4 and len(batch[7]) > 4          # objects and grounded phrases to compare

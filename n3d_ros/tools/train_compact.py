@@ -7,27 +7,28 @@
 (two stages making one learning-rate schedule; the shipped model's full recipe: scripts/train_builtin_model.sh)
 
 Data: scenes from `n3d_ros.sim` rendered straight onto the model grid (focal-normalized,
-letterboxed camera) by the scene factory (`scene_factory`: the first fill on the training device,
-fresh scenes on its workers' CPUs), with
+letterboxed camera; the first fill on the training device, refreshes on the workers' CPUs), with
 templated questions; an object is "visible" by the benchmark's rule (40 px at <= 640 px wide). Encoder (depth + validity) and decoder
 (tokens, dense heat map / colour / box head, pointer, box, up vector) train jointly; the decoder sees measured geometry
 (ground-truth depth with holes and noise) for half of the images and the encoder's own estimate
 for the rest, so one model serves RGB and RGB-D robots.
 A run stops at its time budget and saves a resumable checkpoint (safetensors + JSON), because one
-command on the lent GPU may run at most 10 minutes. `--refresh-ahead N` keeps the scene factory
-making fresh scenes that replace random ones while training: a fixed set of 16,000 scenes
+command on the lent GPU may run at most 10 minutes. `--refresh-every-steps N` keeps replacing a
+`--refresh-fraction` of the scenes with fresh ones while training: a fixed set of 16,000 scenes
 was memorized within minutes by an earlier model. A resumed run continues the scene seeds where
 the previous one stopped; seeds never reach the benchmark's held-out range. `--mirror true` shows
 half of each step's images reflected left-right with their targets turned to match (`mirror_batch`):
-a valid new scene each.
+a valid new scene each, because the pool is still seen ~10 times per scene and memorized otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -35,18 +36,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.questions import SET_KINDS
 from ..geometry.checkpoint_io import load_safetensors, save_safetensors
 from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
+from ..geometry.preprocess import model_grid_transform
 from ..vlm.compact_backend import DEFAULT_INFERENCE, encoder_config
 from ..vlm.compact_model import BOX_PARAMS, CompactSpatialDecoder, CompactVLMConfig
-from ..vlm.compact_targets import MIRROR_SIGNS
+from ..vlm.compact_targets import MIRROR_SIGNS, box_to_target, dense_target, heat_target, output_tokens
 from ..vlm.compact_tokenizer import CompactTokenizer
 from .eval_spatial import HELD_OUT_FIRST_SEED
-from .scene_factory import JOB_SCENES, SceneBatch, SceneFactory
-from .train_data import NEIGHBOUR_WEIGHT
 
 STATE_FILE = "training_state.json"
 BOX_WEIGHTS = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.3, 0.3])
+# Dense head: weight of the 8 patches around an object's centre in the colour and box losses.
+NEIGHBOUR_WEIGHT = 0.5
 
 
 @dataclass
@@ -70,9 +73,9 @@ class TrainConfig:
     lr_span_start: float = 0.0
     lr_span_end: float = 1.0
     save_optimizer: bool = False     # AdamW state (2x the weights) in the checkpoint folder
-    refresh_ahead: int = 0           # fresh scenes kept asked for from the scene factory while training;
-                                     # each render_batch of them replaces random slots (0 = a fixed set)
-    workers: int = max(1, (os.cpu_count() or 2) - 3)   # the factory's; it and the loop take a core each
+    refresh_every_steps: int = 0     # replace part of the scenes with fresh ones this often (0 = never)
+    refresh_fraction: float = 0.05   # share of the scenes replaced per refresh
+    workers: int = max(1, (os.cpu_count() or 2) - 2)
     render_batch: int = 64
     seed: int = 0
     export_onnx: bool = True
@@ -102,6 +105,155 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- data
+def _make_scene(seed: int):
+    from ..sim.world import generate_scene
+    return generate_scene(seed)
+
+
+def _worker_init() -> None:
+    # Workers render on the CPU beside the training process: one thread each, or 14 workers would
+    # each start a thread per core.
+    torch.set_num_threads(1)
+
+
+def _grid_setup(scene, enc_cfg: CompactEncoderConfig):
+    """Model-grid camera of a scene and the valid rectangle (x0, y0, x1, y1) its image covers."""
+    T = model_grid_transform(scene.camera, enc_cfg)
+    cam = T.apply_camera(scene.camera)
+    (x0, y0), (x1, y1) = T.apply_points(np.array([[-0.5, -0.5],
+                                                  [scene.camera.width - 0.5, scene.camera.height - 0.5]]))
+    rect = (int(round(x0 + 0.5)), int(round(y0 + 0.5)), int(round(x1 + 0.5)), int(round(y1 + 0.5)))
+    return cam, rect
+
+
+@dataclass
+class RenderedScenes:
+    """A batch of scenes rendered onto the model grid, ready for the dataset's slots."""
+    rgb: torch.Tensor              # (B,H,W,3) uint8
+    depth: torch.Tensor            # (B,H,W) float16 metres, 0 where nothing was hit
+    K: torch.Tensor                # (B,4) fx, fy, cx, cy of the grid camera
+    up: torch.Tensor               # (B,3) gravity up, optical frame
+    jobs: list                     # per scene: the arguments of _question_records
+
+
+def render_scenes(scenes: list, enc_cfg: CompactEncoderConfig, dec_cfg: CompactVLMConfig, tok_path: str,
+                  cfg: "TrainConfig", device: str) -> RenderedScenes:
+    """Render `scenes` on `device` (the GPU for the first fill, a worker's CPU for refreshes) and
+    decide which objects count as visible, the benchmark's way."""
+    from ..sim.questions import marginal_objects, visible_objects
+    from ..sim.render import render
+    setups = [_grid_setup(sc, enc_cfg) for sc in scenes]
+    out = render(scenes, device=device, cameras=[c for c, _ in setups], valid_rects=[r for _, r in setups],
+                 named=True)
+    instance, named = out.instance.cpu().numpy(), out.named.cpu().numpy()
+    jobs = []
+    for j, (sc, (c, _)) in enumerate(zip(scenes, setups)):
+        thr = visibility_threshold(sc, c)
+        jobs.append((sc, c, visible_objects(sc, instance[j], min_pixels=thr, named_map=named[j]),
+                     marginal_objects(sc, instance[j], min_pixels=thr, named_map=named[j]), tok_path, dec_cfg,
+                     cfg.questions_per_scene, cfg.seed * 7919 + sc.seed, cfg.neighbour_weight))
+    return RenderedScenes(
+        rgb=out.rgb, depth=torch.nan_to_num(out.depth, nan=0.0).clamp_max(60000).half(),
+        K=torch.tensor([[c.fx, c.fy, c.cx, c.cy] for c, _ in setups], dtype=torch.float32),
+        up=torch.tensor(np.stack([sc.up for sc in scenes]), dtype=torch.float32), jobs=jobs)
+
+
+def _fresh_scenes(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple]]:
+    """Worker: new scenes generated, rendered on the CPU and given their questions, all off the
+    training process, which only copies the result into its slots (rendering them on the GPU inside
+    the loop had stalled training for 2-3 s per refresh). Returns numpy arrays: torch would pass
+    tensors between processes as shared-memory handles."""
+    seeds, enc_cfg, dec_cfg, tok_path, cfg = args
+    r = render_scenes([_make_scene(s) for s in seeds], enc_cfg, dec_cfg, tok_path, cfg, "cpu")
+    return r.rgb.numpy(), r.depth.numpy(), r.K.numpy(), r.up.numpy(), [_question_records(j) for j in r.jobs]
+
+
+def _question_batch(jobs: list) -> list:
+    """Worker: _question_records of a rendered batch."""
+    return [_question_records(j) for j in jobs]
+
+
+def _question_records(args):
+    """Worker: questions of one scene -> (token and grounding-target records, dense-head heat-map
+    target (N, kinds) with -1 where ignored, dense-head positives) (numpy only)."""
+    scene, cam, visible, marginal, tok_path, dec_cfg, n, seed, neighbour_weight = args
+    from ..sim.questions import make_questions
+    tok = CompactTokenizer.load(tok_path)
+    rng = np.random.default_rng(seed)
+    dense = dec_cfg.has_dense_head
+    records = []
+    for q in make_questions(scene, visible, rng, n=n, marginal=marginal):
+        if q.spec.kind in SET_KINDS:
+            idx = [] if dense else sorted(
+                q.targets[0] if q.targets else [],
+                key=lambda i: float(cam.project(scene.objects[i].box.center[None])[0, 0]))
+        else:
+            idx = [t[0] for t in q.targets]
+        labels = [scene.objects[i].label for i in idx]
+        ids = output_tokens(tok, q.spec, labels)
+        tgts = [box_to_target(scene.objects[i].box, cam, scene.up, dec_cfg.grid_w, dec_cfg.grid_h, dec_cfg.patch)
+                for i in idx]
+        if any(t is None for t in tgts) or len(ids) > dec_cfg.max_output_len:
+            continue
+        q_ids = tok.encode_words(q.text)[: dec_cfg.max_question_len]
+        obj_pos = [p for p, t in enumerate(ids) if t == tok.obj_id]
+        records.append((np.array(q_ids, np.int32), np.array(ids, np.int32), np.array(obj_pos, np.int32),
+                        np.array([t.patch for t in tgts], np.int32), np.stack([t.params for t in tgts])
+                        if tgts else np.zeros((0, 8))))
+    targets, ignored = [], []
+    if dense:
+        for i in list(visible) + list(marginal):
+            o = scene.objects[i]
+            t = dense_target(o.box, dec_cfg.kinds.index(o.kind), dec_cfg.colours.index(o.colour), cam, scene.up,
+                             dec_cfg.grid_w, dec_cfg.grid_h, dec_cfg.patch)
+            if t is not None:
+                (targets if i in visible else ignored).append(t)
+    heat = np.zeros((0, 0), np.float16)
+    positives = np.zeros((0, 4 + BOX_PARAMS), np.float32)
+    if dense:
+        heat = heat_target(targets, dec_cfg.grid_h, dec_cfg.grid_w, len(dec_cfg.kinds))
+        for t in ignored:                               # a sliver: neither object nor background
+            if heat[t.target.patch, t.kind] < 1.0:
+                heat[t.target.patch, t.kind] = -1.0
+        positives = dense_positives(targets, heat, dec_cfg.grid_h, dec_cfg.grid_w, neighbour_weight)
+        heat = heat.astype(np.float16)
+    return records, heat, positives
+
+
+def dense_positives(targets, heat: np.ndarray, grid_h: int, grid_w: int,
+                    neighbour_weight: float = NEIGHBOUR_WEIGHT) -> np.ndarray:
+    """Rows (patch, kind, colour, weight, 8 box parameters) that supervise the dense colour and
+    box outputs: each object's centre patch (weight 1) and its 8 neighbours (`neighbour_weight`),
+    so a heat peak one patch off still reads a trained box. A neighbour's offset is re-expressed
+    from its own centre (clipped to the head's +-1 patch); neighbours that are another object's
+    centre of the same kind are left to that object."""
+    rows = []
+    for t in targets:
+        r0, c0 = divmod(t.target.patch, grid_w)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                r, c = r0 + dr, c0 + dc
+                if not (0 <= r < grid_h and 0 <= c < grid_w):
+                    continue
+                patch = r * grid_w + c
+                centre = dr == 0 and dc == 0
+                if not centre and (neighbour_weight <= 0 or heat[patch, t.kind] >= 1.0):
+                    continue
+                params = t.target.params.copy()
+                params[0] = np.clip(params[0] - dc, -1.0, 1.0)
+                params[1] = np.clip(params[1] - dr, -1.0, 1.0)
+                rows.append([patch, t.kind, t.colour, 1.0 if centre else neighbour_weight, *params])
+    return np.array(rows, np.float32).reshape(-1, 4 + BOX_PARAMS)
+
+
+def visibility_threshold(scene, grid_camera, *, min_pixels: int = 40, max_width: int = 640) -> float:
+    """Pixels on the model grid that make an object "visible" the way the benchmark counts it:
+    `min_pixels` in the scene's image shrunk to at most `max_width` (n3d-bench's default)."""
+    cam = scene.camera
+    shrink = min(1.0, max_width / cam.width)
+    grid_per_source = (grid_camera.fx / cam.fx) * (grid_camera.fy / cam.fy)
+    return max(3.0, min_pixels * grid_per_source / shrink ** 2)
+
 
 def build_tokenizer(n_scenes: int = 400) -> CompactTokenizer:
     """Vocabulary from the question templates and labels of a sample of scenes (closed world)."""
@@ -130,57 +282,67 @@ def new_decoder_config(tok: CompactTokenizer, enc_cfg: CompactEncoderConfig, *, 
 
 
 class GpuDataset:
-    """Rendered images on the device plus per-scene question records, made by the scene factory.
+    """Rendered images on the device plus per-scene question records.
 
-    The first fill (rendered on the device) puts scene seed `first + i` in slot i. With
-    `refresh_ahead` > 0 the factory's workers keep making fresh scenes (new seeds, rendered on their
-    CPUs) while training, and each `render_batch` of finished ones replaces random slots: a slot's
-    image and questions are swapped together, so they never mismatch, and the loop never waits for
-    them.
+    The first fill renders on the training device (fast in bulk). With `refresh_every_steps`, a
+    fraction of the scenes is then replaced by fresh ones (new seeds) while training: worker
+    processes generate, render (CPU) and question them, and a slot's image and questions are swapped
+    together once its whole batch is back, so they never mismatch and the loop never waits.
     """
 
     def __init__(self, cfg: TrainConfig, enc_cfg: CompactEncoderConfig, dec_cfg: CompactVLMConfig,
                  tok_path: str, log) -> None:
-        self.cfg, self.log = cfg, log
+        self.cfg, self.enc_cfg, self.dec_cfg, self.tok_path, self.log = cfg, enc_cfg, dec_cfg, tok_path, log
         dev = cfg.device
         n, H, W = cfg.scenes, enc_cfg.in_height, enc_cfg.in_width
         self.rgb = torch.empty((n, H, W, 3), dtype=torch.uint8, device=dev)
         self.depth = torch.empty((n, H, W), dtype=torch.float16, device=dev)
         self.K = torch.empty((n, 4), dtype=torch.float32, device=dev)
         self.up = torch.empty((n, 3), dtype=torch.float32, device=dev)
-        self.seed_of = np.full(n, -1, np.int64)                 # the scene seed in each slot
         self.questions: list[list] = [[] for _ in range(n)]
         self.heat: list[np.ndarray | None] = [None] * n        # dense head: (N, kinds) heat targets
         self.positives: list[np.ndarray | None] = [None] * n   # dense head: one row per visible object
+        # Spawned, not forked: the workers run torch on the CPU, and this process has CUDA and
+        # OpenMP state that a fork would copy.
+        self.pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_worker_init)
         v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
                               torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
         self.u, self.v = u, v
         self.next_seed = max(0, cfg.scene_seed_offset)
-        self.fresh = 0                                          # scenes swapped in since the first fill
-        self._arrived: list[SceneBatch] = []
-        first = self.next_seed
-        seeds = self._take_seeds(n)
-        self.factory = SceneFactory(cfg, enc_cfg, dec_cfg, tok_path)
+        self._pending: tuple[np.ndarray, list] | None = None       # (slots, futures)
+        # The first fill as a pipeline: the workers generate scenes (in seed order), this process
+        # renders each batch on the device as soon as it is generated, and the workers question
+        # the rendered batches once their generation jobs are done: the three steps overlap
+        # instead of running one after the other.
         t0 = time.time()
-        self.factory.request(seeds, on_device=True)
-        while self.factory.pending:
-            batch = self.factory.get()
-            self._swap_in(np.asarray(batch.seeds) - first, [batch])
-        log(f"made {n} scenes and {sum(len(q) for q in self.questions)} questions in {time.time() - t0:.1f} s")
-        self.usable = np.array([i for i, q in enumerate(self.questions) if q], dtype=np.int64)
+        generated = self.pool.map(_make_scene, self._take_seeds(n), chunksize=32)
+        pending, chunk, start = [], [], 0
+        for scene in generated:
+            chunk.append(scene)
+            if len(chunk) < cfg.render_batch and start + len(chunk) < n:
+                continue
+            r = render_scenes(chunk, enc_cfg, dec_cfg, tok_path, cfg, dev)
+            self._put(np.arange(start, start + len(chunk)), r.rgb, r.depth, r.K, r.up)
+            pending.append((start, self.pool.submit(_question_batch, r.jobs)))
+            start, chunk = start + len(chunk), []
+        log(f"generated and rendered {n} scenes in {time.time() - t0:.1f} s")
+        for first, future in pending:
+            for slot, result in enumerate(future.result(), start=first):
+                self._store(slot, result)
+        log(f"made {sum(len(q) for q in self.questions)} questions, set-up done in {time.time() - t0:.1f} s")
+        self.usable = np.array([i for i, q in enumerate(self.questions) if q])
 
-    def _swap_in(self, slots: np.ndarray, batches: list[SceneBatch]) -> None:
+    def _put(self, slots: np.ndarray, rgb, depth, K, up) -> None:
         dev = self.cfg.device
         idx = torch.as_tensor(slots, device=dev)
-        # One host-to-device copy per tensor: each waits for the training kernels queued before it.
-        self.rgb[idx] = torch.cat([b.rgb for b in batches]).to(dev)
-        self.depth[idx] = torch.cat([b.depth for b in batches]).to(dev)
-        self.K[idx] = torch.cat([b.K for b in batches]).to(dev)
-        self.up[idx] = torch.cat([b.up for b in batches]).to(dev)
-        records = [r for b in batches for r in b.records]
-        for slot, seed, (q, heat, pos) in zip(slots, (s for b in batches for s in b.seeds), records):
-            self.seed_of[slot] = seed
-            self.questions[slot], self.heat[slot], self.positives[slot] = q, heat, pos
+        self.rgb[idx] = torch.as_tensor(rgb).to(dev)
+        self.depth[idx] = torch.as_tensor(depth).to(dev)
+        self.K[idx] = torch.as_tensor(K).to(dev)
+        self.up[idx] = torch.as_tensor(up).to(dev)
+
+    def _store(self, slot: int, result: tuple) -> None:
+        self.questions[slot], self.heat[slot], self.positives[slot] = result
 
     def _take_seeds(self, n: int) -> list[int]:
         if self.next_seed + n > HELD_OUT_FIRST_SEED:
@@ -191,24 +353,36 @@ class GpuDataset:
         return seeds
 
     def refresh(self, rng: np.random.Generator) -> None:
-        """Swap in the fresh scenes finished so far (once a `render_batch` of them is here) and keep
-        `refresh_ahead` scenes asked for. Cheap when there is nothing to do: call it every step."""
+        """Start replacing a fraction of the scenes, or swap them in once the workers are done."""
         cfg = self.cfg
-        self._arrived += self.factory.poll()
-        arrived = sum(len(b) for b in self._arrived)
-        if arrived and arrived >= min(cfg.render_batch, cfg.refresh_ahead):
-            slots = rng.choice(cfg.scenes, size=arrived, replace=False)
-            self._swap_in(slots, self._arrived)
-            self._arrived = []
-            self.fresh += arrived
-            self.usable = np.union1d(np.setdiff1d(self.usable, slots),
-                                      np.array([s for s in slots if self.questions[s]], dtype=np.int64))
-        short = cfg.refresh_ahead - self.factory.pending
-        if short >= min(JOB_SCENES, cfg.refresh_ahead):       # whole worker jobs
-            self.factory.request(self._take_seeds(short))
+        if self._pending is None:
+            n = max(1, int(cfg.refresh_fraction * cfg.scenes))
+            slots = rng.choice(cfg.scenes, size=n, replace=False)
+            seeds = self._take_seeds(n)
+            # Small jobs spread over all workers; each one is a CPU render batch.
+            size = max(1, min(8, math.ceil(n / cfg.workers)))
+            self._pending = (slots, [self.pool.submit(_fresh_scenes, (seeds[i:i + size], self.enc_cfg,
+                                                                      self.dec_cfg, self.tok_path, cfg))
+                                     for i in range(0, n, size)])
+            return
+        slots, futures = self._pending
+        if not all(f.done() for f in futures):
+            return
+        results = [f.result() for f in futures]
+        self._put(slots, *(np.concatenate([r[k] for r in results]) for k in range(4)))
+        for slot, rec in zip(slots, (rec for r in results for rec in r[4])):
+            self._store(slot, rec)
+        self.usable = np.union1d(np.setdiff1d(self.usable, slots),
+                                  np.array([s for s in slots if self.questions[s]], dtype=np.int64))
+        self._pending = None
+        self.log(f"refreshed {len(slots)} scenes (next seed {self.next_seed})")
+
+    @property
+    def refreshing(self) -> bool:
+        return self._pending is not None
 
     def close(self) -> None:
-        self.factory.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def rays(self, idx: torch.Tensor) -> torch.Tensor:
         K = self.K[idx]
@@ -499,7 +673,7 @@ def train(cfg: TrainConfig) -> dict:
         load_safetensors(dec, Path(cfg.resume) / "decoder.safetensors")
     log(f"encoder {sum(p.numel() for p in enc.parameters()) / 1e6:.2f} M params, "
         f"decoder {sum(p.numel() for p in dec.parameters()) / 1e6:.2f} M params")
-    ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, log)   # closed after the loop
+    ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, log)
     params = list(enc.parameters()) + list(dec.parameters())
     run_enc = compile_for_training(enc, cfg.compile)   # same parameters, compiled kernels
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
@@ -518,32 +692,29 @@ def train(cfg: TrainConfig) -> dict:
     step = first_step = state["step"]
     agg: dict[str, torch.Tensor] = {}
     n_agg: dict[str, int] = {}
-    fresh_logged = 0
-    try:
-        while time.time() - t_start < budget:
-            # Time, not steps, sets the schedule: the step rate differs between hosts.
-            lr = learning_rate(cfg, step - first_step, (time.time() - t_start) / budget)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            if cfg.refresh_ahead > 0:
-                ds.refresh(rng)
-            stats = train_step(run_enc, dec, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt, params,
-                               amp=use_amp, mirror=cfg.mirror)
-            step += 1
-            for k, v in stats.items():
-                agg[k] = agg.get(k, 0.0) + v
-                n_agg[k] = n_agg.get(k, 0) + 1
-            if step % 100 == 0:
-                avg = {k: round(float(v) / n_agg[k], 4) for k, v in agg.items()}
-                state["history"].append({"step": step, "lr": lr, **avg})
-                log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.3f}" for k, v in avg.items())
-                    + f" fresh {ds.fresh - fresh_logged}")
-                agg, n_agg, fresh_logged = {}, {}, ds.fresh
-    finally:
-        ds.close()
+    while time.time() - t_start < budget:
+        # Time, not steps, sets the schedule: the step rate differs between hosts.
+        lr = learning_rate(cfg, step - first_step, (time.time() - t_start) / budget)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        due = cfg.refresh_every_steps > 0 and (step - first_step) % cfg.refresh_every_steps == 0
+        if due or ds.refreshing:
+            ds.refresh(rng)
+        stats = train_step(run_enc, dec, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt, params,
+                           amp=use_amp, mirror=cfg.mirror)
+        step += 1
+        for k, v in stats.items():
+            agg[k] = agg.get(k, 0.0) + v
+            n_agg[k] = n_agg.get(k, 0) + 1
+        if step % 100 == 0:
+            avg = {k: round(float(v) / n_agg[k], 4) for k, v in agg.items()}
+            state["history"].append({"step": step, "lr": lr, **avg})
+            log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.3f}" for k, v in avg.items()))
+            agg, n_agg = {}, {}
+    ds.close()
     state["step"] = step
     state["next_scene_seed"] = ds.next_seed  # a resumed run should start its fresh scenes here
-    log(f"stopped at step {step} after {(time.time() - t_start) / 60:.1f} min; {ds.fresh} fresh scenes swapped in")
+    log(f"stopped at step {step} after {(time.time() - t_start) / 60:.1f} min")
     if cfg.save_optimizer:
         _save_optimizer(opt, out / "optimizer.safetensors")
     else:  # an earlier stage's optimizer state no longer matches these weights
