@@ -1,6 +1,7 @@
 """The training script end to end on CPU (tiny): data, refresh, a few steps, a loadable model folder."""
 import json
 import re
+import time
 
 from dataclasses import replace
 from pathlib import Path
@@ -225,7 +226,7 @@ def test_mirrored_batch_is_the_batch_of_the_mirrored_scenes(tmp_path):
     mirrored scenes (pointer patches and boxes, <obj> regions, heat maps, dense positives with
     their neighbours), and mirror_images the rays of the mirrored camera."""
     from n3d_ros.geometry.compact_encoder import CompactEncoderConfig
-    from n3d_ros.tools.train_compact import (_question_records, build_tokenizer, collate, mirror_batch,
+    from n3d_ros.tools.train_compact import (build_tokenizer, collate, mirror_batch, question_records,
                                              mirror_images, new_decoder_config, render_scenes)
     from n3d_ros.vlm.compact_tokenizer import CompactTokenizer
 
@@ -242,10 +243,10 @@ def test_mirrored_batch_is_the_batch_of_the_mirrored_scenes(tmp_path):
                              cfg, "cpu").jobs
         n_obj = 0
         for slot, job in enumerate(jobs):
-            ds.questions[slot], ds.heat[slot], ds.positives[slot] = _question_records(job)
+            ds.questions[slot], ds.heat[slot], ds.positives[slot] = question_records(job)
         batch = collate(ds, np.random.default_rng(3), cfg, dec_cfg, CompactTokenizer.load(tmp_path / "tok.json"))
         for slot, job in enumerate(jobs):
-            ds.questions[slot], ds.heat[slot], ds.positives[slot] = _question_records(_mirrored_job(job))
+            ds.questions[slot], ds.heat[slot], ds.positives[slot] = question_records(_mirrored_job(job))
             n_obj += len(ds.positives[slot])
         expected = collate(ds, np.random.default_rng(3), cfg, dec_cfg, CompactTokenizer.load(tmp_path / "tok.json"))
         assert n_obj > 4 and len(batch[7]) > 4          # objects and grounded phrases to compare
@@ -323,3 +324,38 @@ def test_shipped_model_was_trained_by_the_committed_recipe():
             assert got == want, f"stage {stage}: {key} = {got!r} in the training record, {value!r} in the script"
         assert cfg["device"] == "cuda"
     assert runs[0]["config"]["resume"] == "" and runs[1]["config"]["resume"] == runs[0]["config"]["out"]
+
+
+def _pool_owner(pids) -> None:
+    """A process that owns a training worker pool, reports its worker's pid and waits to be killed."""
+    import os as _os
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+    from n3d_ros.tools.train_compact import _worker_init
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    pids.put(pool.submit(_os.getpid).result())
+    time.sleep(600)
+
+
+def test_workers_exit_when_their_pool_owner_is_killed():
+    import multiprocessing as mp
+    import os
+    import signal
+    ctx = mp.get_context("spawn")
+    pids = ctx.Queue()
+    owner = ctx.Process(target=_pool_owner, args=(pids,))
+    owner.start()
+    try:
+        worker = pids.get(timeout=120)
+        os.kill(owner.pid, signal.SIGKILL)          # no clean-up of its pool
+        owner.join(timeout=10)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = Path(f"/proc/{worker}").exists()
+        if alive:
+            os.kill(worker, signal.SIGKILL)
+        assert not alive, "the orphaned worker kept waiting for jobs"
+    finally:
+        if owner.is_alive():
+            owner.kill()

@@ -27,6 +27,7 @@ import json
 import math
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -105,7 +106,7 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- data
-def _make_scene(seed: int):
+def make_scene(seed: int):
     from ..sim.world import generate_scene
     return generate_scene(seed)
 
@@ -114,9 +115,18 @@ def _worker_init() -> None:
     # Workers render on the CPU beside the training process: one thread each, or 14 workers would
     # each start a thread per core.
     torch.set_num_threads(1)
+    # A pool worker whose owner died (killed, out of memory) would otherwise wait for jobs forever.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
 
-def _grid_setup(scene, enc_cfg: CompactEncoderConfig):
+def _exit_with(parent) -> None:
+    parent.join()
+    os._exit(0)
+
+
+def grid_setup(scene, enc_cfg: CompactEncoderConfig):
     """Model-grid camera of a scene and the valid rectangle (x0, y0, x1, y1) its image covers."""
     T = model_grid_transform(scene.camera, enc_cfg)
     cam = T.apply_camera(scene.camera)
@@ -133,7 +143,7 @@ class RenderedScenes:
     depth: torch.Tensor            # (B,H,W) float16 metres, 0 where nothing was hit
     K: torch.Tensor                # (B,4) fx, fy, cx, cy of the grid camera
     up: torch.Tensor               # (B,3) gravity up, optical frame
-    jobs: list                     # per scene: the arguments of _question_records
+    jobs: list                     # per scene: the arguments of question_records
 
 
 def render_scenes(scenes: list, enc_cfg: CompactEncoderConfig, dec_cfg: CompactVLMConfig, tok_path: str,
@@ -142,7 +152,7 @@ def render_scenes(scenes: list, enc_cfg: CompactEncoderConfig, dec_cfg: CompactV
     decide which objects count as visible, the benchmark's way."""
     from ..sim.questions import marginal_objects, visible_objects
     from ..sim.render import render
-    setups = [_grid_setup(sc, enc_cfg) for sc in scenes]
+    setups = [grid_setup(sc, enc_cfg) for sc in scenes]
     out = render(scenes, device=device, cameras=[c for c, _ in setups], valid_rects=[r for _, r in setups],
                  named=True)
     instance, named = out.instance.cpu().numpy(), out.named.cpu().numpy()
@@ -164,16 +174,16 @@ def _fresh_scenes(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     the loop had stalled training for 2-3 s per refresh). Returns numpy arrays: torch would pass
     tensors between processes as shared-memory handles."""
     seeds, enc_cfg, dec_cfg, tok_path, cfg = args
-    r = render_scenes([_make_scene(s) for s in seeds], enc_cfg, dec_cfg, tok_path, cfg, "cpu")
-    return r.rgb.numpy(), r.depth.numpy(), r.K.numpy(), r.up.numpy(), [_question_records(j) for j in r.jobs]
+    r = render_scenes([make_scene(s) for s in seeds], enc_cfg, dec_cfg, tok_path, cfg, "cpu")
+    return r.rgb.numpy(), r.depth.numpy(), r.K.numpy(), r.up.numpy(), [question_records(j) for j in r.jobs]
 
 
 def _question_batch(jobs: list) -> list:
-    """Worker: _question_records of a rendered batch."""
-    return [_question_records(j) for j in jobs]
+    """Worker: question_records of a rendered batch."""
+    return [question_records(j) for j in jobs]
 
 
-def _question_records(args):
+def question_records(args):
     """Worker: questions of one scene -> (token and grounding-target records, dense-head heat-map
     target (N, kinds) with -1 where ignored, dense-head positives) (numpy only)."""
     scene, cam, visible, marginal, tok_path, dec_cfg, n, seed, neighbour_weight = args
@@ -316,7 +326,7 @@ class GpuDataset:
         # the rendered batches once their generation jobs are done: the three steps overlap
         # instead of running one after the other.
         t0 = time.time()
-        generated = self.pool.map(_make_scene, self._take_seeds(n), chunksize=32)
+        generated = self.pool.map(make_scene, self._take_seeds(n), chunksize=32)
         pending, chunk, start = [], [], 0
         for scene in generated:
             chunk.append(scene)
