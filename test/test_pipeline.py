@@ -125,6 +125,7 @@ def test_depth_of_the_wrong_size_is_a_clear_error(pipe, frame):
 @pytest.mark.parametrize("inference, match", [({"detection_threshold": 1.5}, "detection_threshold"),
                                               ({"phrase_grounding": "magic"}, "phrase_grounding"),
                                               ({"overlap_nms": 0.0}, "overlap_nms"),
+                                              ({"mirror_average": True}, "mirror_average"),
                                               ({"overlap_nm": 0.3}, "unknown inference settings")])
 def test_bad_inference_settings_are_load_errors(tmp_path, inference, match):
     from n3d_ros.vlm.compact_backend import CompactSpatialVLM
@@ -192,3 +193,77 @@ def test_scene_content_key_sees_camera_and_arrays():
     other = img.copy()
     other[0, 0, 0] = 1
     assert SceneInput(other, cam).content_key() != key
+
+
+def _vlm_with(tmp_path, **inference):
+    from n3d_ros.vlm.compact_backend import CompactSpatialVLM
+    for f in ("config.json", "decoder.safetensors", "tokenizer.json", "encoder.safetensors"):
+        shutil.copy(default_model_dir() / f, tmp_path / f)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["inference"] = cfg.get("inference", {}) | inference
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return CompactSpatialVLM(tmp_path, device="cpu", geometry_backend="torch")
+
+
+def test_mirror_average_makes_detection_mirror_symmetric(tmp_path):
+    """With mirror_average the dense maps of an image and of its mirror image are averaged, each
+    turned back: so a mirrored RGB-D frame must give the mirrored detections (same objects, box
+    centres with x negated, same sizes). Wrong column order or signs break it; without averaging
+    the encoder and decoder are not symmetric."""
+    from n3d_ros.core.camera import CameraModel
+    from n3d_ros.sim.render import render
+    from n3d_ros.sim.world import generate_scene
+    from n3d_ros.vlm.contract import SceneInput
+    # Square pixels at the grid's focal length, centred: the mirrored image has the same camera.
+    cam = CameraModel.from_intrinsics(240.0, 240.0, 159.5, 119.5, 320, 240)
+    view = render([generate_scene(1_000_321).with_camera(cam)]).numpy(0)
+    rgb, depth = view.rgb, np.asarray(view.depth, np.float32)
+    mirrored = SceneInput(np.ascontiguousarray(rgb[:, ::-1]), cam, depth=np.ascontiguousarray(depth[:, ::-1]))
+
+    def detections(setting: str):
+        """(labels, centres and sorted sizes) of the frame and of its mirror, the mirror's x negated back."""
+        vlm = _vlm_with(tmp_path, mirror_average=setting)
+        try:
+            out = []
+            for scene, sign in ((SceneInput(rgb, cam, depth=depth), 1.0), (mirrored, -1.0)):
+                objs = sorted(vlm.detect(scene).objects, key=lambda o: (o.label, sign * o.box.center[0]))
+                out.append(([o.label for o in objs],
+                            np.array([[sign * o.box.center[0], *o.box.center[1:], *np.sort(o.box.size)]
+                                      for o in objs])))
+            return out
+        finally:
+            vlm.close()
+
+    (labels_a, a), (labels_b, b) = detections("depth")
+    assert len(labels_a) >= 3 and labels_a == labels_b
+    # Sizes agree exactly; centres to 2 cm (the depth snap turns boxes by the up vector, read from the
+    # unmirrored image alone).
+    np.testing.assert_allclose(a, b, atol=0.02)
+    (labels_c, c), (labels_d, d) = detections("off")
+    assert labels_c != labels_d or not np.allclose(c, d, atol=0.02)
+
+
+def test_mirrored_encoding_is_the_encoding_of_the_mirrored_grid_input():
+    """encode(mirrored=True) appends the encoder's output for the grid image with its columns
+    reversed and the rays' x negated: the mirrored scene, as training showed it."""
+    from n3d_ros.geometry.factory import make_encoder
+    from n3d_ros.geometry.preprocess import prepare_input
+    from n3d_ros.ros.sim_camera_node import render_sim_frame
+    from n3d_ros.vlm.compact_backend import encoder_config, read_model_config
+    cfg = encoder_config(read_model_config(default_model_dir())["encoder"])
+    enc = make_encoder("compact", weights=str(default_model_dir() / "encoder.safetensors"), config=cfg,
+                       backend="torch", device="cpu")
+    try:
+        frame = render_sim_frame(1_000_077, width=200, height=150)
+        out = enc.encode([frame.rgb], [frame.camera], mirrored=True)
+        plain = enc.encode([frame.rgb], [frame.camera])
+        x = prepare_input(frame.rgb, frame.camera, cfg)
+        flip_x = np.array([-1.0, 1.0], np.float32)[:, None, None]
+        want = enc.runner.run({"image": np.ascontiguousarray(x.image[None, ..., ::-1]),
+                               "rays": np.ascontiguousarray(x.rays[None, ..., ::-1] * flip_x)})
+    finally:
+        enc.close()
+    assert out.features.shape[0] == 2 and out.points.shape[0] == 2
+    np.testing.assert_allclose(out.features[:1], plain.features, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.features[1:], want["features"], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(out.features[1:], plain.features, rtol=1e-2, atol=1e-3)

@@ -24,10 +24,19 @@ class CompactGeometry:
         self.backend = runner.label
         self.device = runner.device
 
-    def encode(self, images: Sequence[np.ndarray], cameras: Sequence[CameraModel]) -> GeometryOutput:
+    def encode(self, images: Sequence[np.ndarray], cameras: Sequence[CameraModel], *,
+               mirrored: bool = False) -> GeometryOutput:
+        """`mirrored`: also encode each image reflected in its grid camera's y-z plane (columns
+        reversed, the rays' x negated: the mirrored scene, as in training); those B outputs follow the
+        originals, in that mirrored frame."""
         check_batch(images, cameras)
         items = [prepare_input(img, cam, self.config) for img, cam in zip(images, cameras)]
         image, rays = stack_inputs(items)  # (B, 3, h, w), (B, 2, h, w)
+        if mirrored:
+            image = np.concatenate([image, image[..., ::-1]])
+            rays = np.concatenate([rays, rays[..., ::-1] * np.array([-1.0, 1.0], np.float32)[:, None, None]])
+            image, rays = np.ascontiguousarray(image), np.ascontiguousarray(rays)
+            items = items + items
         step = self.runner.max_batch or len(items)
         chunks = [self.runner.run({"image": image[i:i + step], "rays": rays[i:i + step]})
                   for i in range(0, len(items), step)]
