@@ -89,7 +89,7 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     assert g.raw_text  # an untrained model says something; it must not crash
     g = vlm.ground(SceneInput(frame.rgb, frame.camera, depth=frame.depth), "how many chairs are there?")
     assert g.raw_text  # the measured-depth path through the depth detail and the source embedding
-    assert seen == [False, True, True]   # with depth the mirrored image too (mirror_average "depth")
+    assert seen == [False, False, True, True]   # each image and its mirror (mirror_average "always")
     vlm.close()
 
 

@@ -46,8 +46,8 @@ DEFAULT_INFERENCE = {
     "overlap_nms": 0.3,           # detections sharing more of the smaller one's volume are one object (1 = off)
     # Dense head: average the maps with those of the mirrored image (a second encoder and prefill pass):
     # "off", "depth" (frames with measured depth) or "always". Chosen for v5 on validation seeds:
-    # with depth QA 0.825 -> 0.849 and AP3D@0.25 0.701 -> 0.712; monocular no better (QA 0.769 -> 0.765).
-    "mirror_average": "depth",
+    # QA 0.769 / 0.825 -> 0.783 / 0.849, AP3D@0.25 0.368 / 0.701 -> 0.388 / 0.712 (monocular / depth).
+    "mirror_average": "always",
 }
 MIRROR_AVERAGE = ("off", "depth", "always")
 
@@ -95,6 +95,14 @@ class _Encoded:
                                                                           # points, valid (mirror_average)
 
 
+def _reference_depths(patch_pts: torch.Tensor, valid: torch.Tensor, patch: int) -> np.ndarray:
+    """(N,) depth a patch's box depth is read against (`target_to_box`): the patch's mean depth where
+    it has geometry, else the median of those that have (2 m in a frame without any)."""
+    patch_z = patch_pts[0, :, 2].cpu().numpy()
+    has = torch.nn.functional.avg_pool2d(valid.float(), patch).flatten().cpu().numpy() > 0.05
+    return np.where(has, patch_z, float(np.median(patch_z[has])) if has.any() else 2.0)
+
+
 def _unmirror(per_patch: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
     """(N, ...) values per patch (row-major) of a mirrored image -> the same at the unmirrored patches."""
     return per_patch.unflatten(0, (grid_h, grid_w)).flip(1).flatten(0, 1)
@@ -110,31 +118,36 @@ class _Grounder:
     """
 
     def __init__(self, vlm: "CompactSpatialVLM", state, patch_pts: torch.Tensor, enc: _Encoded,
-                 scene: SceneInput, mirror_state=None) -> None:
+                 scene: SceneInput, mirror=None) -> None:
         cfg = vlm.dec_cfg
         self.dec, self.cfg, self.state, self.enc, self.scene = vlm.decoder, cfg, state, enc, scene
         self.threshold = vlm.detection_threshold
         self.overlap_nms = vlm.overlap_nms
         self.phrase_grounding = vlm.phrase_grounding
         self.up = state.up[0].double().cpu().numpy()                       # (3,) optical frame
-        self.patch_z = patch_pts[0, :, 2].cpu().numpy()                    # (N,) metres
-        valid = torch.nn.functional.avg_pool2d(enc.valid.float(), cfg.patch).flatten().cpu().numpy()
-        self.has_geometry = valid > 0.05
-        self.fallback_z = float(np.median(self.patch_z[self.has_geometry])) if self.has_geometry.any() else 2.0
+        self.z_ref = _reference_depths(patch_pts, enc.valid, cfg.patch)    # (N,) metres
         self.snap = enc.measured if vlm.snap_to_depth else None
         self.dense = None
         if cfg.has_dense_head:
             heat, colour, box = self.dec.dense(state.image_out, state.geo)
             heat, colour, box = torch.sigmoid(heat[0].float()), colour[0].float().softmax(-1), box[0].float()
-            if mirror_state is not None:
+            if mirror is not None:
                 # The mirrored image's maps, turned back (patch columns reversed, du and yaw negated), and
-                # averaged with these: probabilities, and box parameters (sin/cos 2yaw renormalized).
-                heat_m, colour_m, box_m = self.dec.dense(mirror_state.image_out, mirror_state.geo)
+                # averaged with these: probabilities, and box parameters (sin/cos 2yaw renormalized). Its
+                # box depths are read against its own reference depths: re-expressed against these first.
+                m_state, m_pts, m_valid = mirror
+                heat_m, colour_m, box_m = self.dec.dense(m_state.image_out, m_state.geo)
                 back = lambda t: _unmirror(t[0].float(), cfg.grid_h, cfg.grid_w)  # noqa: E731
                 signs = torch.tensor(MIRROR_SIGNS, device=box.device)
+                box_m = back(box_m) * signs
+                z_ref_m = _unmirror(torch.from_numpy(_reference_depths(m_pts, m_valid, cfg.patch)), cfg.grid_h,
+                                    cfg.grid_w).numpy()
+                shift = np.log(np.maximum(z_ref_m, 0.05) / np.maximum(self.z_ref, 0.05))
+                shift = torch.from_numpy(shift).to(box.device, box.dtype)
+                box_m[..., 2] += shift[:, None]
                 heat = (heat + torch.sigmoid(back(heat_m))) / 2
                 colour = (colour + back(colour_m).softmax(-1)) / 2
-                box = (box + back(box_m) * signs) / 2
+                box = (box + box_m) / 2
                 box = torch.cat([box[..., :6], torch.nn.functional.normalize(box[..., 6:], dim=-1, eps=1e-6)], -1)
             self.dense = (heat, colour.clamp_min(1e-12).log(), box)
 
@@ -143,8 +156,8 @@ class _Grounder:
 
     def _raw_box(self, patch: int, params: np.ndarray) -> Box3D:
         """The head's box at `patch` (model-grid optical frame), before depth snapping."""
-        z_ref = float(self.patch_z[patch]) if self.has_geometry[patch] else self.fallback_z
-        return target_to_box(patch, params, z_ref, self.enc.camera, self.up, self.cfg.grid_w, self.cfg.patch)
+        return target_to_box(patch, params, float(self.z_ref[patch]), self.enc.camera, self.up, self.cfg.grid_w,
+                             self.cfg.patch)
 
     def _finish(self, box: Box3D, label: str, score: float, index: int) -> GroundedObject:
         """Snap to measured depth (when there is some) and attach the source-image 2D box."""
@@ -340,10 +353,11 @@ class CompactSpatialVLM:
             q = [tok.unk_id]
         q_ids = torch.tensor([q], device=self.device)
         state, patch_pts = dec.prefill(enc.features, enc.points, enc.valid, q_ids, measured=enc.measured is not None)
-        mirror_state = None
+        mirror = None
         if enc.mirror is not None:
-            mirror_state, _ = dec.prefill(*enc.mirror, q_ids, measured=enc.measured is not None)
-        ctx = _Grounder(self, state, patch_pts, enc, scene, mirror_state)
+            m_state, m_pts = dec.prefill(*enc.mirror, q_ids, measured=enc.measured is not None)
+            mirror = (m_state, m_pts, enc.mirror[2])
+        ctx = _Grounder(self, state, patch_pts, enc, scene, mirror)
 
         parsed = ParsedOutput()
         objects: list[GroundedObject] = []
