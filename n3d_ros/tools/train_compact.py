@@ -43,7 +43,8 @@ from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEnco
 from ..geometry.preprocess import model_grid_transform
 from ..vlm.compact_backend import DEFAULT_INFERENCE, encoder_config
 from ..vlm.compact_model import BOX_PARAMS, CompactSpatialDecoder, CompactVLMConfig
-from ..vlm.compact_targets import MIRROR_SIGNS, box_to_target, dense_target, heat_target, output_tokens
+from ..vlm.compact_targets import (box_to_target, dense_target, heat_target, mirror_box_params, mirror_patch_maps,
+                                   output_tokens)
 from ..vlm.compact_tokenizer import CompactTokenizer
 from .eval_spatial import HELD_OUT_FIRST_SEED
 
@@ -481,17 +482,8 @@ def _mirror_patch(patch: torch.Tensor, flip: torch.Tensor, grid_w: int) -> torch
     return torch.where(flip & (patch >= 0), mirrored, patch)
 
 
-# Box parameter columns that change sign in a mirrored scene (MIRROR_SIGNS). Sign flips below are
-# written with slices and negation, not with constant tensors, so a step copies nothing to the GPU.
-_MIRRORED_PARAMS = tuple(i for i, sign in enumerate(MIRROR_SIGNS) if sign < 0)
-
-
 def _mirror_params(params: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    out = params.clone()
-    sign = 1.0 - 2.0 * flip.to(params.dtype)
-    for c in _MIRRORED_PARAMS:
-        out[:, c] = out[:, c] * sign
-    return out
+    return torch.where(flip[:, None], mirror_box_params(params), params)
 
 
 def _negate_x(x: torch.Tensor) -> torch.Tensor:
@@ -511,8 +503,7 @@ def mirror_batch(batch, flip: torch.Tensor, grid_w: int, grid_h: int):
     g_patch, g_params = _mirror_patch(g_patch, g_flip, grid_w), _mirror_params(g_params, g_flip)
     if dense is not None:
         heat, pos_idx, pos_weight, pos_params = dense
-        Bi, N, K = heat.shape
-        heat = torch.where(flip[:, None, None], heat.view(Bi, grid_h, grid_w, K).flip(2).reshape(Bi, N, K), heat)
+        heat = torch.where(flip[:, None, None], mirror_patch_maps(heat, grid_h, grid_w, dim=1), heat)
         p_flip = row_flip[pos_idx[:, 0]]
         pos_idx = torch.stack([pos_idx[:, 0], _mirror_patch(pos_idx[:, 1], p_flip, grid_w), pos_idx[:, 2],
                                pos_idx[:, 3]], dim=-1)

@@ -30,7 +30,7 @@ from ..core.reasoning import ReasoningError, answer_query
 from ..geometry.contract import GeometryOutput
 from ..geometry.preprocess import grid_depth_to_points
 from .compact_model import CompactSpatialDecoder, CompactVLMConfig
-from .compact_targets import MIRROR_SIGNS, ParsedOutput, phrase_class, target_to_box
+from .compact_targets import ParsedOutput, mirror_box_params, mirror_patch_maps, phrase_class, target_to_box
 from .compact_tokenizer import CompactTokenizer
 from .contract import Grounding, ModelLoadError, SceneInput, SpatialAnswer
 
@@ -103,11 +103,6 @@ def _reference_depths(patch_pts: torch.Tensor, valid: torch.Tensor, patch: int) 
     return np.where(has, patch_z, float(np.median(patch_z[has])) if has.any() else 2.0)
 
 
-def _unmirror(per_patch: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-    """(N, ...) values per patch (row-major) of a mirrored image -> the same at the unmirrored patches."""
-    return per_patch.unflatten(0, (grid_h, grid_w)).flip(1).flatten(0, 1)
-
-
 class _Grounder:
     """Turns the decoder's outputs into boxes, for one decoded answer: the pointer + box head at a
     grounding token's hidden state, or (models with a dense head) the heat map of a phrase's kind
@@ -137,11 +132,10 @@ class _Grounder:
                 # box depths are read against its own reference depths: re-expressed against these first.
                 m_state, m_pts, m_valid = mirror
                 heat_m, colour_m, box_m = self.dec.dense(m_state.image_out, m_state.geo)
-                back = lambda t: _unmirror(t[0].float(), cfg.grid_h, cfg.grid_w)  # noqa: E731
-                signs = torch.tensor(MIRROR_SIGNS, device=box.device)
-                box_m = back(box_m) * signs
-                z_ref_m = _unmirror(torch.from_numpy(_reference_depths(m_pts, m_valid, cfg.patch)), cfg.grid_h,
-                                    cfg.grid_w).numpy()
+                back = lambda t: mirror_patch_maps(t[0].float(), cfg.grid_h, cfg.grid_w)  # noqa: E731
+                box_m = mirror_box_params(back(box_m))
+                z_ref_m = mirror_patch_maps(torch.from_numpy(_reference_depths(m_pts, m_valid, cfg.patch)),
+                                            cfg.grid_h, cfg.grid_w).numpy()
                 shift = np.log(np.maximum(z_ref_m, 0.05) / np.maximum(self.z_ref, 0.05))
                 shift = torch.from_numpy(shift).to(box.device, box.dtype)
                 box_m[..., 2] += shift[:, None]
@@ -307,8 +301,7 @@ class CompactSpatialVLM:
         has_depth = scene.depth is not None or scene.points is not None
         mirror = self.dec_cfg.has_dense_head and (self.mirror_average == "always"
                                                   or (self.mirror_average == "depth" and has_depth))
-        out: GeometryOutput = self.encoder.encode([scene.image], [scene.camera], mirrored=True) if mirror \
-            else self.encoder.encode([scene.image], [scene.camera])
+        out: GeometryOutput = self.encoder.encode([scene.image], [scene.camera], mirrored=mirror)
         if out.features is None:
             raise RuntimeError("the compact encoder returned no features")
         transform = out.transforms[0]

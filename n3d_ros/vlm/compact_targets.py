@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from ..core.box import Box3D
 from ..core.camera import CameraModel
@@ -32,6 +33,22 @@ from .compact_tokenizer import CompactTokenizer
 
 # Box parameters of the mirrored scene: du -> -du, yaw -> -yaw (so sin 2t -> -sin 2t); the rest stay.
 MIRROR_SIGNS = (-1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0)
+_MIRRORED_PARAMS = tuple(i for i, sign in enumerate(MIRROR_SIGNS) if sign < 0)
+
+
+def mirror_box_params(params: torch.Tensor) -> torch.Tensor:
+    """(..., 8) box parameters of the mirrored scene (MIRROR_SIGNS). Negated by slices, not times a
+    constant tensor, so a call on the GPU copies nothing to it."""
+    out = params.clone()
+    for c in _MIRRORED_PARAMS:
+        out[..., c] = -out[..., c]
+    return out
+
+
+def mirror_patch_maps(values: torch.Tensor, grid_h: int, grid_w: int, dim: int = 0) -> torch.Tensor:
+    """Values per patch (row-major patches along `dim`) of an image -> those of its mirror image
+    (patch columns reversed); its own inverse."""
+    return values.unflatten(dim, (grid_h, grid_w)).flip(dim + 1).flatten(dim, dim + 1)
 
 
 @dataclass(frozen=True)
