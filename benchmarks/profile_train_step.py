@@ -9,7 +9,8 @@ Times, per step, with the GPU synchronized around each phase (so phases do not o
 in training): batch assembly on the CPU, forward, backward, optimizer; plus one background refresh
 of `refresh_fraction` of the scenes (its wall time in the workers, and the part the loop waits for).
 Prints a markdown table (median ms and share of the step).
---compile encoder runs the encoder through `torch.compile` (train_compact.compile_for_training);
+--compile encoder runs the encoder through `torch.compile`, --compile all the decoder's pass too
+(train_compact.compile_for_training);
 --kernels adds the GPU's busy time per step (torch.profiler): far below the step time means the
 step is bound by launching kernels, not by running them.
 """
@@ -25,8 +26,8 @@ import torch
 
 def main(argv: list[str] | None = None) -> None:
     from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
-    from n3d_ros.tools.train_compact import (GpuDataset, TrainConfig, build_tokenizer, collate, compile_for_training,
-                                             new_decoder_config, step_losses, train_step)
+    from n3d_ros.tools.train_compact import (COMPILE_CHOICES, GpuDataset, TrainConfig, build_tokenizer, collate,
+                                             compile_for_training, new_decoder_config, step_losses, train_step)
     from n3d_ros.vlm.compact_model import CompactSpatialDecoder
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--questions-per-image", type=int, default=4)
     p.add_argument("--dense-head", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument("--compile", choices=("none", "encoder"), default="none")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="none")
     p.add_argument("--fine-features", type=lambda s: s.lower() in ("1", "true", "yes"), default=False)
     p.add_argument("--depth-cells", type=int, default=0, help="sub-patch depth detail of the decoder (0 = off)")
     p.add_argument("--source-embedding", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, print)
     params = list(enc.parameters()) + list(dec.parameters())
     t_compile = time.perf_counter()
-    run_enc = compile_for_training(enc, a.compile)
+    passes = compile_for_training(enc, dec, a.compile)
     opt = torch.optim.AdamW(params, lr=1e-4, fused=a.device.startswith("cuda"))
     rng = np.random.default_rng(0)
     trng = torch.Generator(device=a.device)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         sync()
         t1 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss, _ = step_losses(run_enc, dec, ds, batch, trng, dec_cfg, mirror=a.mirror)
+            loss, _ = step_losses(passes, ds, batch, trng, dec_cfg, mirror=a.mirror)
         sync()
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                 phases[k].append(v * 1e3)
     busy_ms = float("nan")
     if a.kernels and cuda:
-        busy_ms = _gpu_busy_ms(lambda: train_step(run_enc, dec, ds, collate(ds, rng, cfg, dec_cfg, tok), trng,
-                                                  dec_cfg, opt, params, amp=True, mirror=a.mirror), 10)
+        busy_ms = _gpu_busy_ms(lambda: train_step(passes, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt,
+                                                  params, amp=True, mirror=a.mirror), 10)
     refresh_wall, swap_ms = _time_refresh(ds, rng, sync)
     ds.close()
     step = statistics.median(phases["step"])

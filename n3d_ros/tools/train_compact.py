@@ -32,6 +32,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,6 +53,11 @@ STATE_FILE = "training_state.json"
 BOX_WEIGHTS = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.3, 0.3])
 # Dense head: weight of the 8 patches around an object's centre in the colour and box losses.
 NEIGHBOUR_WEIGHT = 0.5
+COMPILE_CHOICES = ("none", "encoder", "all", "graphs")
+# Question and output token rows are padded to multiples of these, so a step's decoder shapes stay
+# the same and a compiled decoder keeps one graph: the world's questions have at most 21 tokens and
+# outputs at most 8; a batch whose longest question had 16 cost a recompile of ~20 s on an H100.
+QUESTION_PAD, OUTPUT_PAD = 24, 8
 
 
 @dataclass
@@ -83,7 +89,7 @@ class TrainConfig:
     export_onnx: bool = True
     dense_head: bool = True          # per-patch heat map / colour / box head (the shipped model has it)
     neighbour_weight: float = NEIGHBOUR_WEIGHT  # dense head: weight of the 8 patches around a centre
-    compile: str = "none"            # torch.compile: none | encoder (see compile_for_training)
+    compile: str = "none"            # torch.compile: none | encoder | all | graphs (compile_for_training)
     fine_features: bool = False      # new encoders also read stride-8 features into their tokens
                                      # (the shipped model's recipe turns it on; see CompactEncoderConfig)
     depth_cells: int = 0             # new decoders: sub-patch depth detail (CompactVLMConfig.depth_cells)
@@ -92,8 +98,8 @@ class TrainConfig:
     mirror: bool = False             # mirror half of the images (and targets) each step: twice the scenes
 
     def __post_init__(self) -> None:
-        if self.compile not in ("none", "encoder"):
-            raise ValueError(f"compile must be none or encoder, got {self.compile!r}")
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {self.compile!r}")
         if self.wall_minutes < 0:
             raise ValueError(f"wall_minutes must be >= 0 (0 = no limit), got {self.wall_minutes}")
         if not 0.0 <= self.neighbour_weight <= 1.0:
@@ -402,17 +408,23 @@ class GpuDataset:
         return torch.stack([x, y], dim=1)
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def collate(ds: GpuDataset, rng: np.random.Generator, cfg: TrainConfig, dec_cfg: CompactVLMConfig,
             tok: CompactTokenizer):
     img_idx = rng.choice(ds.usable, size=cfg.images_per_step, replace=False)
     rows = []
     for b, i in enumerate(img_idx):
         qs = ds.questions[i]
-        for j in rng.choice(len(qs), size=min(cfg.questions_per_image, len(qs)), replace=False):
+        # A scene with fewer questions repeats some, so every step has the same number of rows.
+        short = len(qs) < cfg.questions_per_image
+        for j in rng.choice(len(qs), size=cfg.questions_per_image, replace=short):
             rows.append((b, qs[j]))
     B = len(rows)
-    Lq = max(len(r[1][0]) for r in rows)
-    Lo = max(len(r[1][1]) for r in rows)
+    Lq = min(_round_up(max(len(r[1][0]) for r in rows), QUESTION_PAD), dec_cfg.max_question_len)
+    Lo = min(_round_up(max(len(r[1][1]) for r in rows), OUTPUT_PAD), dec_cfg.max_output_len)
     q_ids = np.full((B, Lq), tok.pad_id, np.int64)
     q_pad = np.ones((B, Lq), bool)
     out_in = np.full((B, Lo), tok.pad_id, np.int64)
@@ -520,10 +532,47 @@ def mirror_images(flip: torch.Tensor, image: torch.Tensor, rays: torch.Tensor, d
             torch.where(f4, depth.flip(-1), depth), torch.where(flip[:, None], _negate_x(up), up))
 
 
-def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig, *,
+def decoder_pass(dec: CompactSpatialDecoder, features, points, valid, image_index, q_ids, q_pad, out_in, region,
+                 measured) -> dict[str, torch.Tensor]:
+    """The decoder's teacher-forced pass and, with a dense head, its maps (`heat`, `colour`,
+    `dense_box`): the part of a step whose shapes stay the same from step to step (collate pads
+    the token rows), so it can run as one compiled graph."""
+    out = dec.forward_train(features, points, valid, image_index, q_ids, q_pad, out_in, region, measured=measured)
+    if dec.cfg.has_dense_head:
+        out["heat"], out["colour"], out["dense_box"] = dec.dense(out["image_out"], out["geo"])
+    return out
+
+
+@dataclass
+class TrainingPasses:
+    """How step_losses runs the model: the encoder and `decoder_pass`, each eager or through
+    `torch.compile` (same parameters either way); the pointer and box heads, whose row counts change
+    every step, always run eager on `dec`."""
+    encoder: Callable
+    decoder: Callable
+    dec: CompactSpatialDecoder
+
+
+def compile_for_training(enc: CompactGeometryEncoder, dec: CompactSpatialDecoder, what: str) -> TrainingPasses:
+    """"none": both eager. "encoder": the encoder through `torch.compile` (one input shape, one graph;
+    -13 % step time on an H100, -19 % on an H200). "all": `decoder_pass` too, with static shapes
+    (`dynamic=False`): compiling it with dynamic shapes failed inside inductor on torch 2.11
+    (benchmarks/results/profile_train_step.md), and collate keeps its shapes fixed. "graphs": "all"
+    replayed as CUDA graphs (mode "reduce-overhead"): the step is bound by launching kernels from
+    Python, not by running them (GPU busy 32 of 71 ms), and graphs launch each pass at once."""
+    if what not in COMPILE_CHOICES:
+        raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {what!r}")
+    mode = "reduce-overhead" if what == "graphs" else None
+    encoder = enc if what == "none" else torch.compile(enc, mode=mode)
+    decoder = torch.compile(decoder_pass, dynamic=False, mode=mode) if what in ("all", "graphs") else decoder_pass
+    return TrainingPasses(encoder=encoder, decoder=decoder, dec=dec)
+
+
+def step_losses(passes: TrainingPasses, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig, *,
                 mirror: bool = False):
     """Total loss and detached statistics of one batch. `mirror`: each image is mirrored with
     probability 1/2 (with its targets), so a scene in the pool is seen as two scenes."""
+    dec = passes.dec
     img_idx = batch[0]
     image = ds.rgb[img_idx].permute(0, 3, 1, 2).float() / 255.0
     rays = ds.rays(img_idx)
@@ -535,7 +584,7 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
         batch = mirror_batch(batch, flip, dec_cfg.grid_w, dec_cfg.grid_h)
     (_, image_index, q_ids, q_pad, out_in, out_tgt, region, g_row, g_pos, g_patch, g_params, dense) = batch
     valid_gt = depth_gt > 0.05
-    points, mask_logits, features = enc(image, rays)
+    points, mask_logits, features = passes.encoder(image, rays)
     z = points[:, 2:3].clamp_min(1e-3)
     depth_loss = _weighted_mean((torch.log(z) - torch.log(depth_gt.clamp_min(1e-3))).abs(), valid_gt)
     mask_loss = F.binary_cross_entropy_with_logits(mask_logits, valid_gt.float())
@@ -549,8 +598,8 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
     gt_valid = valid_gt & ~holes
     geo_points = torch.where(use_gt, gt_points, points.detach())
     geo_valid = torch.where(use_gt, gt_valid, mask_logits.detach() > 0)
-    out = dec.forward_train(features, geo_points, geo_valid, image_index, q_ids, q_pad, out_in, region,
-                            measured=use_gt.reshape(-1))
+    out = passes.decoder(dec, features, geo_points, geo_valid, image_index, q_ids, q_pad, out_in, region,
+                         use_gt.reshape(-1))
     tok_loss = F.cross_entropy(out["logits"].flatten(0, 1).float(), out_tgt.flatten(), ignore_index=-100)
 
     up_gt = up_img[image_index]
@@ -569,7 +618,7 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
         stats.update(ptr=ptr_loss, ptr_acc=(ptr.argmax(-1) == g_patch).float().mean(), box=box_loss)
     if dense is not None:
         heat_tgt, pos_idx, pos_weight, pos_params = dense
-        heat_logit, colour_logit, dense_box = dec.dense(out["image_out"], out["geo"])
+        heat_logit, colour_logit, dense_box = out["heat"], out["colour"], out["dense_box"]
         heat_loss = _heat_focal_loss(heat_logit.float(), heat_tgt[image_index])
         total = total + heat_loss
         stats["heat"] = heat_loss
@@ -585,30 +634,18 @@ def step_losses(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: 
     return total, {k: v.detach().float() for k, v in stats.items()}
 
 
-def train_step(enc, dec, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig,
+def train_step(passes: TrainingPasses, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig,
                opt: torch.optim.Optimizer, params: list, *, amp: bool, mirror: bool = False
                ) -> dict[str, torch.Tensor]:
     """One optimization step (bf16 autocast on CUDA when `amp`, gradients clipped to norm 1);
     returns the detached loss statistics."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        loss, stats = step_losses(enc, dec, ds, batch, rng, dec_cfg, mirror=mirror)
+        loss, stats = step_losses(passes, ds, batch, rng, dec_cfg, mirror=mirror)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     return stats
-
-
-def compile_for_training(enc: CompactGeometryEncoder, what: str):
-    """The encoder as step_losses should call it: itself ("none") or through `torch.compile`
-    ("encoder": its input shape never changes, so one graph; -13 % step time on an H100, -19 % on an H200).
-
-    The decoder stays eager: its shapes change every step, and compiling it with dynamic shapes
-    failed inside inductor on torch 2.11 (benchmarks/results/profile_train_step.md).
-    """
-    if what not in ("none", "encoder"):
-        raise ValueError(f"compile must be none or encoder, got {what!r}")
-    return enc if what == "none" else torch.compile(enc)
 
 
 # ----------------------------------------------------------------------------- run
@@ -676,7 +713,7 @@ def train(cfg: TrainConfig) -> dict:
         f"decoder {sum(p.numel() for p in dec.parameters()) / 1e6:.2f} M params")
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, log)
     params = list(enc.parameters()) + list(dec.parameters())
-    run_enc = compile_for_training(enc, cfg.compile)   # same parameters, compiled kernels
+    passes = compile_for_training(enc, dec, cfg.compile)   # same parameters, compiled kernels
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
                             fused=cfg.device.startswith("cuda"))
     if cfg.resume and (Path(cfg.resume) / "optimizer.safetensors").is_file():
@@ -701,7 +738,7 @@ def train(cfg: TrainConfig) -> dict:
         due = cfg.refresh_every_steps > 0 and (step - first_step) % cfg.refresh_every_steps == 0
         if due or ds.refreshing:
             ds.refresh(rng)
-        stats = train_step(run_enc, dec, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt, params,
+        stats = train_step(passes, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt, params,
                            amp=use_amp, mirror=cfg.mirror)
         step += 1
         for k, v in stats.items():
