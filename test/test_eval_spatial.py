@@ -328,3 +328,33 @@ def test_bench_variants_script_ranks_model_folders(tmp_path):
     score = (m["monocular"]["qa_accuracy"] + m["depth"]["qa_accuracy"] + m["monocular"]["ap3d"]["0.25"]
              + m["depth"]["ap3d"]["0.25"]) / 4
     assert row[1].strip() == "shipped" and float(row[2]) == pytest.approx(score, abs=1e-3)
+
+
+def test_classify_objects_names_each_kind_of_failure():
+    gt = [GroundedObject(Box3D.from_yaw((0.0, 0.0, 4.0), (0.4, 0.4, 0.4), 0.0), "red box", 1.0, "g0"),
+          GroundedObject(Box3D.from_yaw((1.0, 0.0, 4.0), (0.4, 0.4, 0.4), 0.0), "blue ball", 1.0, "g1"),
+          GroundedObject(Box3D.from_yaw((-1.0, 0.0, 4.0), (0.4, 0.4, 0.4), 0.0), "green mug", 1.0, "g2"),
+          GroundedObject(Box3D.from_yaw((0.0, 1.0, 6.0), (0.4, 0.4, 0.4), 0.0), "white book", 1.0, "g3"),
+          GroundedObject(Box3D.from_yaw((3.0, 0.0, 4.0), (0.4, 0.4, 0.4), 0.0), "pink lamp", 1.0, "g4")]
+    preds = [GroundedObject(Box3D.from_yaw((0.02, 0.0, 4.0), (0.4, 0.4, 0.4), 0.0), "Red  Box", 0.9),  # found
+             GroundedObject(Box3D.from_yaw((1.2, 0.0, 4.0), (0.4, 0.4, 0.4), 0.0), "blue ball", 0.9),
+             GroundedObject(Box3D.from_yaw((-1.12, 0.0, 4.48), (0.4, 0.4, 0.4), 0.0), "green mug", 0.9),
+             GroundedObject(Box3D.from_yaw((0.0, 1.0, 6.0), (0.4, 0.4, 0.4), 0.0), "white bottle", 0.9)]
+    out = E.classify_objects(preds, gt)
+    assert [o.label for o in out] == [g.label for g in gt]
+    # blue ball: shifted by half its width, IoU = 0.2 / 0.6 = 1/3, found at 0.25 but low IoU at 0.5
+    assert [o.outcome for o in out] == ["found", "found", "same label, misplaced", "wrong label", "nothing near"]
+    assert out[1].iou == pytest.approx(1 / 3, abs=1e-6)
+    assert E.classify_objects(preds, gt, iou=0.5)[1].outcome == "low IoU"
+    # The mug is 12 % too far along its viewing ray (49 cm): with the true range it is the ground truth.
+    assert out[2].iou == 0.0 and out[2].range_fixed_iou == pytest.approx(1.0)
+    assert out[3].iou == 0.0 and out[4].range_fixed_iou == 0.0
+    assert E.classify_objects([], gt)[0].outcome == "nothing near"
+    assert E.classify_objects(preds, []) == []
+    # Another label's box 0.45 m away (a table under a mug) is not a wrong label; one on the object is.
+    table = GroundedObject(Box3D.from_yaw((3.0, 0.45, 4.0), (0.1, 0.1, 0.1), 0.0), "gray table", 0.9)
+    assert E.classify_objects([table], gt[4:])[0].outcome == "nothing near"
+    on_it = GroundedObject(Box3D.from_yaw((3.1, 0.0, 4.0), (0.05, 0.05, 0.05), 0.0), "gray table", 0.9)
+    assert E.classify_objects([on_it], gt[4:])[0].outcome == "wrong label"
+    with pytest.raises(ValueError, match="iou"):
+        E.classify_objects(preds, gt, iou=0.05)

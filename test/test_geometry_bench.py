@@ -46,3 +46,22 @@ def test_snap_bench_times_the_boxes_the_backend_snaps(capsys):
     assert len(rows) == len(bench.SETTINGS)
     assert int(out.split()[0]) > 0              # boxes were recorded from the real backend
     assert all(float(r.split("|")[2]) > 0 for r in rows)
+
+
+def test_detection_failures_classifies_every_visible_object(tmp_path, capsys):
+    """benchmarks/detection_failures.py with the built-in model on two held-out scenes: one outcome per
+    visible object and mode, and the tables printed."""
+    from n3d_ros.tools.eval_spatial import FAILURE_CLASSES, sim_samples
+    failures = _load_bench("detection_failures")
+    out = tmp_path / "failures.json"
+    assert failures.main(["--scenes", "2", "--first-seed", "1000000", "--max-width", "320", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| outcome | monocular | depth |" in table and "| kind | objects |" in table
+    rows = json.loads(out.read_text())
+    n_visible = sum(len(s.objects) for s in sim_samples([1000000, 1000001], questions_per_scene=0, max_width=320))
+    for mode in ("monocular", "depth"):
+        assert len(rows[mode]) == n_visible > 0
+        assert {r["outcome"] for r in rows[mode]} <= set(FAILURE_CLASSES)
+        assert all(0.0 <= r["iou"] <= 1.0 and 0.0 <= r["range_fixed_iou"] <= 1.0 for r in rows[mode])
+    # With measured depth the built-in model finds some of them.
+    assert any(r["outcome"] == "found" for r in rows["depth"])

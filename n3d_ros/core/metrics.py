@@ -29,7 +29,8 @@ class MatchedPair:
     image: int
 
 
-def _norm_label(label: str) -> str:
+def normalize_label(label: str) -> str:
+    """A label as matching compares it: lower case, single spaces."""
     return " ".join(str(label).lower().split())
 
 
@@ -55,7 +56,7 @@ def _greedy_match(predictions: Sequence[Sequence[GroundedObject]],
     pairs: list[MatchedPair] = []
 
     def cat_of(o: GroundedObject) -> str:
-        return _norm_label(o.label) if match_labels else ""
+        return normalize_label(o.label) if match_labels else ""
 
     for img, (preds, gts) in enumerate(zip(predictions, ground_truth)):
         for g in gts:

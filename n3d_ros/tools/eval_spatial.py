@@ -22,8 +22,8 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from ..core.box_overlap import iou_matrix
-from ..core.metrics import MatchedPair, QARecord, ap3d_at, median_centre_error, qa_accuracy
+from ..core.box_overlap import iou_3d, iou_matrix
+from ..core.metrics import MatchedPair, QARecord, ap3d_at, median_centre_error, normalize_label, qa_accuracy
 from ..core.objects import GroundedObject
 from ..core.questions import QuestionKind
 from ..pipeline.types import CameraFrame, QueryResult
@@ -277,7 +277,7 @@ def match_by_centre(predictions: Sequence[Sequence[GroundedObject]],
         cand = []
         for i, p in enumerate(preds):
             for j, g in enumerate(gts):
-                if " ".join(p.label.lower().split()) == " ".join(g.label.lower().split()):
+                if normalize_label(p.label) == normalize_label(g.label):
                     d = float(np.linalg.norm(p.box.to_frame(g.box.frame).center - g.box.center))
                     cand.append((d, i, j))
         used_p, used_g = set(), set()
@@ -289,6 +289,73 @@ def match_by_centre(predictions: Sequence[Sequence[GroundedObject]],
             used_g.add(j)
             pairs.append(MatchedPair(preds[i], gts[j], float(ious[i, j]), img))
     return pairs
+
+
+# Where a ground-truth object stands in "detect all", judged by the predictions around it (detection_failures).
+FAILURE_CLASSES = ("found", "low IoU", "same label, misplaced", "wrong label", "nothing near")
+
+
+@dataclass(frozen=True)
+class ObjectOutcome:
+    """One ground-truth object against one image's predictions.
+
+    outcome: the first of FAILURE_CLASSES that applies:
+      found                  a prediction with its label at IoU >= `iou`
+      low IoU                its label, best IoU in [0.1, iou)
+      same label, misplaced  its label with the centre within `near` of it, IoU < 0.1
+      wrong label            another label on it: IoU >= 0.1, or the centre within half its diagonal
+                             (a mug on a table is not "wrong label" for the table's box)
+      nothing near           none of these
+    iou: best IoU with a prediction of its label (0 if none).
+    range_fixed_iou: that prediction's IoU once its centre is moved along its viewing ray to the
+      ground truth's range, size and yaw kept: how much of the error is the distance along the ray.
+    """
+    label: str
+    outcome: str
+    iou: float
+    range_fixed_iou: float
+
+
+def classify_objects(predictions: Sequence[GroundedObject], ground_truth: Sequence[GroundedObject], *,
+                     iou: float = 0.25, near: float = 0.5) -> list[ObjectOutcome]:
+    """Each ground-truth object of one image by its best same-label prediction (not one-to-one, unlike
+    AP matching: two objects may claim one box). `near` (m): the centre radius within which a box of
+    the object's label counts as near it, at least half the object's diagonal."""
+    if not 0.1 < iou <= 1.0 or near <= 0:
+        raise ValueError(f"need 0.1 < iou <= 1 and near > 0, got {iou}, {near}")
+    out: list[ObjectOutcome] = []
+    if not ground_truth:
+        return out
+    frame = ground_truth[0].box.frame
+    preds = [p.to_frame(frame) for p in predictions]
+    ious = iou_matrix([g.box for g in ground_truth], [p.box for p in preds]) if preds else None
+    for j, g in enumerate(ground_truth):
+        half_diagonal = float(np.linalg.norm(g.box.size)) / 2
+        radius = max(near, half_diagonal)
+        same = [i for i, p in enumerate(preds) if normalize_label(p.label) == normalize_label(g.label)]
+        dist = {i: float(np.linalg.norm(p.box.center - g.box.center)) for i, p in enumerate(preds)}
+        best_iou, fixed_iou = 0.0, 0.0
+        if same:
+            # The same-label prediction that overlaps most, or the nearest one when none overlaps.
+            best = max(same, key=lambda i: (ious[j, i], -dist[i]))
+            best_iou = float(ious[j, best])
+            b = preds[best].box
+            r_pred, r_gt = float(np.linalg.norm(b.center)), float(np.linalg.norm(g.box.center))
+            if r_pred > 0:
+                moved = replace(b, center=b.center * (r_gt / r_pred))
+                fixed_iou = iou_3d(moved, g.box)
+        if best_iou >= iou:
+            outcome = "found"
+        elif best_iou >= 0.1:
+            outcome = "low IoU"
+        elif any(dist[i] <= radius for i in same):
+            outcome = "same label, misplaced"
+        elif any(ious[j, i] >= 0.1 or dist[i] <= half_diagonal for i in range(len(preds))):
+            outcome = "wrong label"
+        else:
+            outcome = "nothing near"
+        out.append(ObjectOutcome(g.label, outcome, best_iou, fixed_iou))
+    return out
 
 
 # ---------------------------------------------------------------------------------- harness
