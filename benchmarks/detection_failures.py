@@ -22,16 +22,18 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 
-def _kind(label: str, kinds: set[str]) -> str:
-    words = label.split()
-    return words[-1] if words and words[-1] in kinds else label
-
-
 def main(argv: list[str] | None = None) -> int:
     from n3d_ros.pipeline.spatial_pipeline import PipelineConfig, SpatialPipeline
-    from n3d_ros.sim.assets import KINDS
+    from n3d_ros.sim.assets import COLOURS, KINDS
     from n3d_ros.tools.eval_spatial import (DETECT_QUESTION, FAILURE_CLASSES, HELD_OUT_FIRST_SEED, MODES,
                                             classify_objects, held_out_seeds, sim_samples)
+    from n3d_ros.vlm.compact_targets import phrase_class
+
+    kinds, colours = tuple(KINDS), tuple(COLOURS)
+
+    def kind_of(label: str) -> str:
+        k, _ = phrase_class(label, kinds, colours)
+        return label if k is None else kinds[k]
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenes", type=int, default=60)
@@ -43,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     pipe = SpatialPipeline(PipelineConfig(backend="compact", model_dir=a.model_dir, device=a.device))
-    kinds = set(KINDS)
     rows: dict[str, list] = {m: [] for m in MODES}
     try:
         pipe.warmup()
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     per_kind: dict[str, dict[str, list[int]]] = defaultdict(lambda: {m: [0, 0] for m in MODES})
     for m in MODES:
         for _, o in rows[m]:
-            k = per_kind[_kind(o.label, kinds)][m]
+            k = per_kind[kind_of(o.label)][m]
             k[0] += o.outcome == "found"
             k[1] += 1
     print("\n| kind | objects | " + " | ".join(f"found, {m}" for m in MODES) + " |\n|---|---|" + "---|" * len(MODES))
