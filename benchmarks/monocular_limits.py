@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             if obj.support is None:
                 plane = -camera_height
             else:
+                # The top of the supporting box: right for tables, desks and cabinets, too high for a
+                # shelf's lower boards, so the "support" row understates what a known plane would give.
                 under = gt_object(scene, obj.support).box
                 plane = float(up_true @ under.center) + _extent_along(under, up_true)
             moved = _rest_on(best.box, up_true, plane)
