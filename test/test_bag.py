@@ -140,6 +140,36 @@ def test_replay_delivers_identical_messages(tmp_path, ros_context, restamp):
         assert stamps == sorted(stamps) and len(set(stamps)) == 3
 
 
+def test_player_waits_for_subscribers(tmp_path, ros_context):
+    """wait_for_subscribers_sec: nothing is played before every topic has a subscriber (a late one gets every
+    frame); when none comes in time the bag is played anyway."""
+    _write_bag(tmp_path / "bag")
+    player = _player(ros_context, tmp_path / "bag", start_delay_sec=0.0, wait_for_subscribers_sec=30.0)
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(player)
+    listener = None
+    try:
+        _spin_until(ex, lambda: False, timeout=0.8)
+        assert player.published == 0 and not player.finished.is_set()
+        listener, got = _listener(ros_context, {"image": Image, "camera_info": CameraInfo})
+        ex.add_node(listener)
+        _spin_until(ex, lambda: len(got["camera_info"]) >= 3 and len(got["image"]) >= 3, timeout=20)
+        assert len(got["image"]) == 3 and len(got["camera_info"]) == 3 and player.published == 6
+        # In a namespace nobody listens to: after 0.3 s it plays anyway.
+        alone = BP.BagPlayerNode(context=ros_context, namespace="/nobody_listens", parameter_overrides=[
+            Parameter("bag", value=str(tmp_path / "bag")), Parameter("start_delay_sec", value=0.0),
+            Parameter("wait_for_subscribers_sec", value=0.3)])
+        try:
+            assert alone.finished.wait(5.0) and alone.published == 6
+        finally:
+            alone.destroy_node()
+    finally:
+        ex.shutdown()
+        player.destroy_node()
+        if listener is not None:
+            listener.destroy_node()
+
+
 def test_player_rejects_bad_parameters(tmp_path, ros_context):
     _write_bag(tmp_path / "bag", n_frames=1)
     with pytest.raises(ValueError, match="rate must be > 0"):
@@ -229,10 +259,11 @@ def test_player_command_line_in_a_namespace(tmp_path, ros_env):
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(listener)
         proc = subprocess.Popen([sys.executable, "-m", "n3d_ros.ros.bag_player", str(tmp_path / "bag"),
-                                 "--rate", "4.0", "--ros-args", "-r", "__ns:=/cam1", "-p", "start_delay_sec:=1.5"],
+                                 "--rate", "4.0", "--wait-for-subscribers", "20", "--ros-args", "-r", "__ns:=/cam1",
+                                 "-p", "start_delay_sec:=0.2"],
                                 env=ros_env, cwd=os.path.dirname(os.path.dirname(__file__)),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        _spin_until(ex, lambda: len(got["/cam1/camera_info"]) >= 4 or proc.poll() is not None, timeout=20)
+        _spin_until(ex, lambda: len(got["/cam1/camera_info"]) >= 4 or proc.poll() is not None, timeout=30)
         _spin_until(ex, lambda: len(got["/cam1/camera_info"]) >= 4, timeout=1)
         out, _ = proc.communicate(timeout=20)
         ex.shutdown()

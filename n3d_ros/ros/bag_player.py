@@ -103,6 +103,9 @@ class BagPlayerNode(Node):
         self.declare_parameter("topics", [""])        # recorded names to play; [""] = all
         self.declare_parameter("qos_reliability", "best_effort")  # for sensor topics
         self.declare_parameter("start_delay_sec", 0.5)  # lets subscribers match before the first frame
+        # > 0: after the delay, also wait up to this long until every played topic has a subscriber, so a
+        # slow discovery (a loaded machine, a node started later) does not lose the first frames.
+        self.declare_parameter("wait_for_subscribers_sec", 0.0)
 
         self.bag = Path(self.get_parameter("bag").value)
         self.rate = float(self.get_parameter("rate").value)
@@ -111,6 +114,7 @@ class BagPlayerNode(Node):
         self.topics = [t for t in self.get_parameter("topics").value if t]
         reliability = str(self.get_parameter("qos_reliability").value)
         self.start_delay = max(float(self.get_parameter("start_delay_sec").value), 0.0)
+        self.wait_for_subscribers = max(float(self.get_parameter("wait_for_subscribers_sec").value), 0.0)
         if self.rate <= 0:
             raise ValueError(f"rate must be > 0, got {self.rate}")
         if reliability not in ("best_effort", "reliable"):
@@ -156,9 +160,21 @@ class BagPlayerNode(Node):
         self._topic_publishers[msg.topic].publish(data)
         self.published += 1
 
+    def _unmatched_topics(self) -> list[str]:
+        return [t for t, pub in self._topic_publishers.items() if pub.get_subscription_count() == 0]
+
     def _play(self) -> None:
         if self._stop.wait(self.start_delay):
             return
+        if self.wait_for_subscribers > 0:
+            deadline = time.monotonic() + self.wait_for_subscribers
+            while self._unmatched_topics() and time.monotonic() < deadline:
+                if self._stop.wait(0.05):
+                    return
+            missing = self._unmatched_topics()
+            if missing:
+                self.get_logger().warning(f"no subscriber after {self.wait_for_subscribers:.1f} s on {missing}; "
+                                          f"playing anyway")
         while not self._stop.is_set():
             start_wall = time.monotonic()
             first_log: int | None = None
@@ -197,12 +213,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--topics", nargs="*", default=[], help="recorded topic names to play (default all)")
     parser.add_argument("--qos-reliability", choices=("best_effort", "reliable"), default="best_effort",
                         help="reliability of the sensor topics (image, camera_info, depth)")
+    parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SEC",
+                        help="wait up to SEC seconds until every played topic has a subscriber (default 0: no)")
     argv = list(sys.argv if argv is None else argv)
     args = parser.parse_args(remove_ros_args(argv)[1:])
     rclpy.init(args=argv)
     overrides = [Parameter("bag", value=str(args.bag)), Parameter("rate", value=float(args.rate)),
                  Parameter("loop", value=bool(args.loop)), Parameter("restamp", value=not args.no_restamp),
-                 Parameter("qos_reliability", value=args.qos_reliability)]
+                 Parameter("qos_reliability", value=args.qos_reliability),
+                 Parameter("wait_for_subscribers_sec", value=float(args.wait_for_subscribers))]
     if args.topics:
         overrides.append(Parameter("topics", value=list(args.topics)))
     node = None
