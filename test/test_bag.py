@@ -96,6 +96,18 @@ def test_read_bag_and_message_class(tmp_path):
         list(BP.read_bag(tmp_path / "missing"))
 
 
+def test_command_line_sets_only_the_flags_given():
+    """Flags become parameter overrides only when given: rclpy applies these over `--ros-args -p`, so a
+    default would undo e.g. `-p wait_for_subscribers_sec:=5.0`."""
+    def params(*argv):
+        return {p.name: p.value for p in BP.cli_overrides(BP._parser().parse_args(["/b", *argv]))}
+    assert params() == {"bag": "/b"}
+    assert params("--rate", "2", "--loop", "--no-restamp", "--topics", "/image", "--qos-reliability", "reliable",
+                  "--wait-for-subscribers", "5") == {
+        "bag": "/b", "rate": 2.0, "loop": True, "restamp": False, "topics": ["/image"],
+        "qos_reliability": "reliable", "wait_for_subscribers_sec": 5.0}
+
+
 def test_restamp_keeps_payload():
     img, _ = _frame_msgs(0, 5_000_000_123)
     seen = []

@@ -203,27 +203,36 @@ class BagPlayerNode(Node):
         super().destroy_node()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """argv as sys.argv (program name first); ROS arguments after --ros-args go to rclpy."""
+def _parser() -> argparse.ArgumentParser:
+    # Flags default to None ("not given"): only given flags become parameter overrides, which rclpy
+    # applies over `--ros-args -p name:=value`; a default here would silently undo such a -p.
     parser = argparse.ArgumentParser(description="Replay a rosbag2 on its recorded topics through rclpy.")
     parser.add_argument("bag", help="rosbag2 directory (MCAP or sqlite3)")
-    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
-    parser.add_argument("--loop", action="store_true", help="start over at the end")
-    parser.add_argument("--no-restamp", action="store_true", help="keep the recorded header stamps")
+    parser.add_argument("--rate", type=float, help="playback speed factor (default 1.0)")
+    parser.add_argument("--loop", action="store_true", default=None, help="start over at the end")
+    parser.add_argument("--no-restamp", action="store_true", default=None, help="keep the recorded header stamps")
     parser.add_argument("--topics", nargs="*", default=[], help="recorded topic names to play (default all)")
-    parser.add_argument("--qos-reliability", choices=("best_effort", "reliable"), default="best_effort",
-                        help="reliability of the sensor topics (image, camera_info, depth)")
-    parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SEC",
+    parser.add_argument("--qos-reliability", choices=("best_effort", "reliable"),
+                        help="reliability of the sensor topics (image, camera_info, depth; default best_effort)")
+    parser.add_argument("--wait-for-subscribers", type=float, metavar="SEC",
                         help="wait up to SEC seconds until every played topic has a subscriber (default 0: no)")
+    return parser
+
+
+def cli_overrides(args: argparse.Namespace) -> list[Parameter]:
+    """The node parameters the command line sets: the bag, and each flag that was given."""
+    given = {"rate": args.rate, "loop": args.loop, "restamp": None if args.no_restamp is None else False,
+             "qos_reliability": args.qos_reliability, "wait_for_subscribers_sec": args.wait_for_subscribers,
+             "topics": list(args.topics) or None}
+    return [Parameter("bag", value=str(args.bag))] + [Parameter(k, value=v) for k, v in given.items() if v is not None]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """argv as sys.argv (program name first); ROS arguments after --ros-args go to rclpy."""
     argv = list(sys.argv if argv is None else argv)
-    args = parser.parse_args(remove_ros_args(argv)[1:])
+    args = _parser().parse_args(remove_ros_args(argv)[1:])
     rclpy.init(args=argv)
-    overrides = [Parameter("bag", value=str(args.bag)), Parameter("rate", value=float(args.rate)),
-                 Parameter("loop", value=bool(args.loop)), Parameter("restamp", value=not args.no_restamp),
-                 Parameter("qos_reliability", value=args.qos_reliability),
-                 Parameter("wait_for_subscribers_sec", value=float(args.wait_for_subscribers))]
-    if args.topics:
-        overrides.append(Parameter("topics", value=list(args.topics)))
+    overrides = cli_overrides(args)
     node = None
     try:
         node = BagPlayerNode(parameter_overrides=overrides)
