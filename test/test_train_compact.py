@@ -62,10 +62,12 @@ def test_refresh_swaps_images_and_questions_together(tmp_path):
 
 def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     out = tmp_path / "model"
-    # Every architecture option at once: fine features and global context in the encoder, sub-patch depth
-    # detail and the geometry-source embedding in the decoder; mirrored images.
+    # Every architecture option at once: another model grid (smaller, for speed), fine features and global
+    # context in the encoder, sub-patch depth detail and the geometry-source embedding in the decoder;
+    # mirrored images.
     cfg = TrainConfig(out=str(out), device="cpu", minutes=0.05, scenes=6, workers=1, render_batch=6,
                       images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
+                      grid_width=256, grid_height=192, f0=192.0,
                       fine_features=True, depth_cells=4, source_embedding=True, encoder_context=1, mirror=True)
     meta = train(cfg)
     assert meta["state"]["step"] >= 1
@@ -77,6 +79,8 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["decoder"]["depth_cells"] == 4 and config["decoder"]["source_embedding"] is True
     assert config["encoder"]["context_layers"] == 1
+    assert (config["encoder"]["in_width"], config["encoder"]["in_height"], config["encoder"]["f0"]) == (256, 192, 192.0)
+    assert (config["decoder"]["grid_w"], config["decoder"]["grid_h"]) == (16, 12)
     from n3d_ros.vlm.compact_backend import DEFAULT_INFERENCE
     assert config["inference"] == DEFAULT_INFERENCE   # a fresh folder runs with the validated settings
     from n3d_ros.ros.sim_camera_node import render_sim_frame

@@ -95,6 +95,11 @@ class TrainConfig:
     depth_cells: int = 0             # new decoders: sub-patch depth detail (CompactVLMConfig.depth_cells)
     source_embedding: bool = False   # new decoders: measured/estimated geometry embedding (CompactVLMConfig)
     encoder_context: int = 0         # new encoders: global self-attention blocks at stride 16 (CompactEncoderConfig)
+    # New encoders' model grid (px, multiples of 16) and canonical focal length (px): the grid's field of
+    # view is 2 atan(grid_width / 2 / f0), so scaling all three alike keeps it and gives objects more pixels.
+    grid_width: int = 320
+    grid_height: int = 240
+    f0: float = 240.0
     mirror: bool = False             # mirror half of the images (and targets) each step: twice the scenes
 
     def __post_init__(self) -> None:
@@ -683,7 +688,8 @@ def train(cfg: TrainConfig) -> dict:
         print(line, flush=True)
         log_lines.append(line)
 
-    enc_cfg = CompactEncoderConfig(fine_features=cfg.fine_features, context_layers=cfg.encoder_context)
+    enc_cfg = CompactEncoderConfig(in_width=cfg.grid_width, in_height=cfg.grid_height, f0=cfg.f0,
+                                   fine_features=cfg.fine_features, context_layers=cfg.encoder_context)
     state = {"step": 0, "history": []}
     if cfg.resume:
         r = Path(cfg.resume)
