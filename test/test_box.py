@@ -5,7 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 from n3d_ros.core.box import BOX_EDGES, Box3D
 from n3d_ros.core.camera import CameraModel
-from n3d_ros.core.frames import Frame, axis_rotation, convert_points, gravity_rotation, rotation_between
+from n3d_ros.core.frames import (Frame, axis_rotation, convert_points, gravity_rotation, mirror_image_vectors,
+                                 rotation_between)
 
 CAM = CameraModel.from_intrinsics(500.0, 500.0, 319.5, 239.5, 640, 480)
 
@@ -19,6 +20,23 @@ def test_frame_conversions_match_conventions():
             R = rotation_between(a, b)
             assert np.isclose(np.linalg.det(R), 1.0)
             np.testing.assert_allclose(rotation_between(b, a) @ R, np.eye(3), atol=1e-12)
+
+
+def test_mirror_image_vectors_reflect_the_scene_in_both_layouts():
+    # The mirror image of a camera's points: the pixel at column c shows what column w-1-c showed, at
+    # the reflected position (x negated); rays alike. Its own inverse.
+    cam = CameraModel.from_intrinsics(100.0, 100.0, 3.5, 2.5, 8, 6)
+    rays = cam.ray_directions()                                  # (h, w, 3), z = 1
+    points = rays * np.linspace(1.0, 3.0, 48).reshape(6, 8, 1)   # channel-last
+    m = mirror_image_vectors(points, channel_axis=-1)
+    np.testing.assert_allclose(m[2, 1], points[2, 6] * [-1, 1, 1])
+    np.testing.assert_allclose(mirror_image_vectors(m, channel_axis=-1), points)
+    # Rays of a centred camera are their own mirror; channel-first (B, 2, h, w) as the encoder takes them.
+    chw = rays[..., :2].transpose(2, 0, 1)[None].astype(np.float32)
+    mc = mirror_image_vectors(chw, channel_axis=1)
+    assert mc.dtype == np.float32
+    np.testing.assert_allclose(mc, chw, atol=1e-6)
+    np.testing.assert_allclose(mc[0, :, 3, 2], chw[0, :, 3, 5] * [-1, 1], atol=1e-6)
 
 
 @settings(max_examples=60, deadline=None)

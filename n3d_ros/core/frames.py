@@ -36,6 +36,21 @@ UP = {
 YAW_AXIS = {Frame.OPTICAL: 1, Frame.N3D: 1, Frame.BODY: 2}
 
 
+def mirror_image_vectors(a: np.ndarray, channel_axis: int) -> np.ndarray:
+    """Per-pixel optical-frame vectors (points, or rays as (x/z, y/z)), x first along `channel_axis`,
+    of the mirror image: pixel columns reversed and x negated, i.e. the scene reflected in the
+    camera's y-z plane, which is how mirrored images are made in training and at inference.
+    Channel-first (..., C, h, w) or channel-last (h, w, C) layouts."""
+    a = np.asarray(a)
+    channel_axis %= a.ndim
+    columns = a.ndim - 2 if channel_axis == a.ndim - 1 else a.ndim - 1
+    sign = np.ones(a.shape[channel_axis], dtype=a.dtype)
+    sign[0] = -1
+    shape = [1] * a.ndim
+    shape[channel_axis] = -1
+    return np.flip(a, axis=columns) * sign.reshape(shape)
+
+
 def rotation_between(src: Frame | str, dst: Frame | str) -> np.ndarray:
     """(3,3) R such that p_dst = R @ p_src."""
     src, dst = Frame(src), Frame(dst)

@@ -6,6 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from ..core.camera import CameraModel
+from ..core.frames import mirror_image_vectors
 from .backends import Runner
 from .compact_encoder import CompactEncoderConfig
 from .contract import GeometryOutput, check_batch
@@ -34,7 +35,7 @@ class CompactGeometry:
         image, rays = stack_inputs(items)  # (B, 3, h, w), (B, 2, h, w)
         if mirrored:
             image = np.concatenate([image, image[..., ::-1]])
-            rays = np.concatenate([rays, rays[..., ::-1] * np.array([-1.0, 1.0], np.float32)[:, None, None]])
+            rays = np.concatenate([rays, mirror_image_vectors(rays, channel_axis=1)])
             image, rays = np.ascontiguousarray(image), np.ascontiguousarray(rays)
             items = items + items
         step = self.runner.max_batch or len(items)

@@ -504,7 +504,8 @@ def _mirror_params(params: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 
 def _negate_x(x: torch.Tensor) -> torch.Tensor:
-    """x (B, C, ...) with its first channel (an optical-frame x) negated."""
+    """x (B, C, ...) with its first channel (an optical-frame x) negated (on the GPU; the numpy form
+    for whole mirror images is core.frames.mirror_image_vectors)."""
     return torch.cat([-x[:, :1], x[:, 1:]], dim=1)
 
 

@@ -24,6 +24,7 @@ from ..core.box import Box3D
 from ..core.box_overlap import suppress_overlaps
 from ..core.box_refine import snap_to_depth
 from ..core.camera import CameraModel
+from ..core.frames import mirror_image_vectors
 from ..core.objects import GroundedObject
 from ..core.questions import SET_KINDS, QuestionKind
 from ..core.reasoning import ReasoningError, answer_query
@@ -134,8 +135,8 @@ class _Grounder:
                 heat_m, colour_m, box_m = self.dec.dense(m_state.image_out, m_state.geo)
                 back = lambda t: mirror_patch_maps(t[0].float(), cfg.grid_h, cfg.grid_w)  # noqa: E731
                 box_m = mirror_box_params(back(box_m))
-                z_ref_m = mirror_patch_maps(torch.from_numpy(_reference_depths(m_pts, m_valid, cfg.patch)),
-                                            cfg.grid_h, cfg.grid_w).numpy()
+                z_ref_m = _reference_depths(m_pts, m_valid, cfg.patch).reshape(cfg.grid_h, cfg.grid_w)[:, ::-1]
+                z_ref_m = z_ref_m.ravel()
                 shift = np.log(np.maximum(z_ref_m, 0.05) / np.maximum(self.z_ref, 0.05))
                 shift = torch.from_numpy(shift).to(box.device, box.dtype)
                 box_m[..., 2] += shift[:, None]
@@ -329,7 +330,7 @@ class CompactSpatialVLM:
         mirrored = None
         if mirror:
             # Measured geometry is mirrored like the image: columns reversed, x negated.
-            m_points, m_mask = ((points[:, ::-1] * np.array([-1.0, 1.0, 1.0], np.float32), mask[:, ::-1])
+            m_points, m_mask = ((mirror_image_vectors(points, channel_axis=-1), mask[:, ::-1])
                                 if measured is not None else (out.points[1], out.mask[1]))
             mirrored = tensors(out.features[1:2], m_points, m_mask)
         features, points_t, valid = tensors(out.features[:1], points, mask)
