@@ -8,7 +8,9 @@
 # host's scene set-up took (it took 2x longer on one lent host). --mirror shows half of the images of
 # each step reflected left-right (targets turned to match), so every scene in the pool counts twice.
 # --compile graphs runs the encoder and the decoder's pass through torch.compile as CUDA graphs: the
-# loop was bound by launching kernels, and makes ~1.6x the steps with them.
+# loop was bound by launching kernels, and makes ~1.6x the steps with them. Stage 1 makes the model on a
+# 384x288 grid with f0 = 288 px (the 320x240 grid's field of view, 1.44x the pixels: objects 1.2x larger);
+# the resumed stage 2 keeps the saved grid.
 #
 #   bash scripts/train_builtin_model.sh 1 models/n3d_compact    # from scratch
 #   bash scripts/train_builtin_model.sh 2 models/n3d_compact    # resumes
@@ -25,7 +27,7 @@ common=(--device cuda --workers "${WORKERS:-14}" --scenes 16000 --images-per-ste
         --mirror true --lr 1e-3 --minutes "${MINUTES:-9.0}" --wall-minutes "${WALL_MINUTES:-9.7}" --out "$out")
 case "$stage" in
   1) python -m n3d_ros.tools.train_compact "${common[@]}" --refresh-every-steps 80 --warmup-steps 300 \
-       --lr-span-end 0.5 --save-optimizer true "$@" ;;
+       --lr-span-end 0.5 --save-optimizer true --grid-width 384 --grid-height 288 --f0 288 "$@" ;;
   2) python -m n3d_ros.tools.train_compact "${common[@]}" --refresh-every-steps 120 --warmup-steps 0 \
        --lr-span-start 0.5 --resume "$out" "$@" ;;
   *) echo "stage must be 1 or 2" >&2; exit 2 ;;

@@ -256,7 +256,7 @@ def test_a_resumed_stage_continues_with_the_saved_optimizer_state(tmp_path):
     base = TrainConfig(out=str(out), device="cpu", minutes=0.03, scenes=4, workers=1, render_batch=4,
                        images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
                        export_onnx=False)
-    train(replace(base, save_optimizer=True, lr_span_end=0.5))
+    train(replace(base, save_optimizer=True, lr_span_end=0.5, grid_width=256, grid_height=192, f0=192.0))
     saved = out / "optimizer.safetensors"
     assert saved.is_file()
     from safetensors.torch import load_file
@@ -268,6 +268,9 @@ def test_a_resumed_stage_continues_with_the_saved_optimizer_state(tmp_path):
     assert steps_2.keys() == steps_1.keys()
     assert all(steps_2[k] == meta["state"]["step"] for k in steps_2)
     assert meta["state"]["step"] > max(steps_1.values())
+    # The resumed stage trained the saved 256x192 model; its record says so, not its default flags.
+    resumed = meta["state"]["runs"][1]["config"]
+    assert (resumed["grid_width"], resumed["grid_height"], resumed["f0"]) == (256, 192, 192.0)
     # The last stage saves no optimizer state: a stale one must not stay beside its weights.
     train(replace(base, resume=str(out), lr_span_start=0.5, warmup_steps=0))
     assert not saved.exists()

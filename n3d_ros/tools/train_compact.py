@@ -699,6 +699,11 @@ def train(cfg: TrainConfig) -> dict:
         enc_cfg = encoder_config(meta["encoder"])
         tok = CompactTokenizer.load(r / "tokenizer.json")
         dec_cfg = CompactVLMConfig.from_dict(meta["decoder"])
+        # The saved model fixes the architecture: the run's record says what was trained, not the flags.
+        cfg = replace(cfg, grid_width=enc_cfg.in_width, grid_height=enc_cfg.in_height, f0=enc_cfg.f0,
+                      fine_features=enc_cfg.fine_features, encoder_context=enc_cfg.context_layers,
+                      dense_head=dec_cfg.has_dense_head, depth_cells=dec_cfg.depth_cells,
+                      source_embedding=dec_cfg.source_embedding)
     else:
         t0 = time.time()
         tok = build_tokenizer()
