@@ -88,6 +88,51 @@ def test_targets_force_the_grounded_phrases(pipe, frame):
     assert [o.label for o in res.objects] == ["red cabinet", "pink shelf"]
 
 
+def test_an_output_that_makes_no_question_is_grounded_from_the_question(pipe, frame, monkeypatch):
+    """When the decoder drops a phrase, the backend grounds the phrases the rule-based parser reads in the
+    question (as a caller naming targets would) and says so; unparseable questions keep the failure."""
+    from n3d_ros.vlm.contract import Grounding
+    vlm = pipe.vlm
+    real = vlm._decode
+    calls = []
+
+    def dropped_phrase(enc, question, forced, scene):   # the decoder's own pass loses the second phrase
+        calls.append(tuple(forced))
+        if not forced:
+            return Grounding(objects=[], spec=None, raw_text="<k:distance> red cabinet <obj> pink <eos>",
+                             problems=["output ended with ungrounded words 'pink'"])
+        return real(enc, question, forced, scene)
+
+    monkeypatch.setattr(vlm, "_decode", dropped_phrase)
+    img = CameraFrame(image=frame.rgb, camera=frame.camera)
+    res = pipe.query(img, "How far is the red cabinet from the pink shelf?")
+    assert res.success, res.message
+    assert calls == [(), ("red cabinet", "pink shelf")]
+    assert [o.label for o in res.objects] == ["red cabinet", "pink shelf"] and isinstance(res.value, float)
+    assert "question's own phrases 'red cabinet', 'pink shelf'" in res.message and "pink <eos>" in res.message
+    calls.clear()
+    res = pipe.query(img, "Hmm, what about that?")
+    assert not res.success and calls == [()]            # nothing to parse: the model's failure stands
+    calls.clear()
+    res = pipe.query(img, "How far apart are these?", targets=["red cabinet", "pink shelf"])
+    assert res.success and calls == [("red cabinet", "pink shelf")]   # the caller's phrases: no second pass
+
+
+def test_the_shipped_model_answers_a_question_whose_phrase_it_drops():
+    # Test seed 1,000,038: the decoder writes "<k:is_above> red table <obj> pink <eos>" for this question
+    # (model v10); the question's own phrases make the answer, and it is right.
+    from dataclasses import replace as _replace
+    from n3d_ros.tools.eval_spatial import sim_samples
+    sample = next(iter(sim_samples([1_000_038], questions_per_scene=8, max_width=640)))
+    p = SpatialPipeline(PipelineConfig(device="cpu"))
+    try:
+        res = p.query(_replace(sample.frame, depth=None), "Is the table higher than the book?")
+    finally:
+        p.close()
+    assert res.success, res.message
+    assert res.value is False and [o.label for o in res.objects] == ["table", "book"]
+
+
 def test_closed_pipeline_refuses_politely(frame):
     p = SpatialPipeline(PipelineConfig(device="cpu"))
     p.close()

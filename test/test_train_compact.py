@@ -93,9 +93,13 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     frame = render_sim_frame(1_000_124, width=160, height=120)
     g = vlm.ground(SceneInput(frame.rgb, frame.camera), "where is the red cabinet?")
     assert g.raw_text  # an untrained model says something; it must not crash
+    # Each image and its mirror (mirror_average "always"), once more if the untrained output made no
+    # question and the question's own phrases were grounded.
+    assert seen in ([False] * 2, [False] * 4)
+    seen.clear()
     g = vlm.ground(SceneInput(frame.rgb, frame.camera, depth=frame.depth), "how many chairs are there?")
     assert g.raw_text  # the measured-depth path through the depth detail and the source embedding
-    assert seen == [False, False, True, True]   # each image and its mirror (mirror_average "always")
+    assert seen in ([True] * 2, [True] * 4)
     vlm.close()
 
 

@@ -26,6 +26,7 @@ from ..core.box_refine import snap_to_depth
 from ..core.camera import CameraModel
 from ..core.frames import mirror_image_vectors
 from ..core.objects import GroundedObject
+from ..core.question_parser import parse_question
 from ..core.questions import SET_KINDS, QuestionKind
 from ..core.reasoning import ReasoningError, answer_query
 from ..geometry.contract import GeometryOutput
@@ -422,11 +423,27 @@ class CompactSpatialVLM:
         ids: list[int] = []
         for label in labels:
             ids += tok.encode_words(label) + [tok.obj_id]
-        return ids
+        return ids + [tok.eos_id]   # the caller named every phrase: nothing of the model's own follows
 
     # ------------------------------------------------------------------ SpatialVLM
     def ground(self, scene: SceneInput, question: str, targets: Sequence[str] = ()) -> Grounding:
-        return self._decode(self._encode(scene), question, targets, scene)
+        enc = self._encode(scene)
+        grounding = self._decode(enc, question, targets, scene)
+        if grounding.spec is not None or targets:
+            return grounding
+        # The decoder's own phrases made no question (it dropped or half-wrote one: "red table <obj> pink
+        # <eos>" for "is the table higher than the book?"). Ground the phrases the rule-based parser reads in
+        # the question instead, as a caller naming `targets` would; say so in the problems.
+        parsed = parse_question(question)
+        if parsed is None or not parsed.targets:
+            return grounding
+        retry = self._decode(enc, question, parsed.targets, scene)
+        if retry.spec is None:
+            return grounding
+        phrases = ", ".join(repr(t) for t in parsed.targets)
+        note = (f"grounded the question's own phrases {phrases}: the model's output ({grounding.raw_text!r}) "
+                f"did not make a question ({'; '.join(grounding.problems) or 'no details'})")
+        return replace(retry, problems=[note] + retry.problems)
 
     def detect(self, scene: SceneInput, phrases: Sequence[str] = ()) -> Grounding:
         if phrases:
