@@ -97,9 +97,9 @@ class TrainConfig:
     encoder_context: int = 0         # new encoders: global self-attention blocks at stride 16 (CompactEncoderConfig)
     # New encoders' model grid (px, multiples of 16) and canonical focal length (px): the grid's field of
     # view is 2 atan(grid_width / 2 / f0), so scaling all three alike keeps it and gives objects more pixels.
-    grid_width: int = 320
-    grid_height: int = 240
-    f0: float = 240.0
+    grid_width: int = CompactEncoderConfig.in_width
+    grid_height: int = CompactEncoderConfig.in_height
+    f0: float = CompactEncoderConfig.f0
     mirror: bool = False             # mirror half of the images (and targets) each step: twice the scenes
 
     def __post_init__(self) -> None:

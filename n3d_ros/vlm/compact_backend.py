@@ -136,8 +136,8 @@ class _Grounder:
                 heat_m, colour_m, box_m = self.dec.dense(m_state.image_out, m_state.geo)
                 back = lambda t: mirror_patch_maps(t[0].float(), cfg.grid_h, cfg.grid_w)  # noqa: E731
                 box_m = mirror_box_params(back(box_m))
-                z_ref_m = _reference_depths(m_pts, m_valid, cfg.patch).reshape(cfg.grid_h, cfg.grid_w)[:, ::-1]
-                z_ref_m = z_ref_m.ravel()
+                z_ref_m = mirror_patch_maps(torch.from_numpy(_reference_depths(m_pts, m_valid, cfg.patch)),
+                                            cfg.grid_h, cfg.grid_w).numpy()
                 shift = np.log(np.maximum(z_ref_m, 0.05) / np.maximum(self.z_ref, 0.05))
                 shift = torch.from_numpy(shift).to(box.device, box.dtype)
                 box_m[..., 2] += shift[:, None]
