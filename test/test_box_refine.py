@@ -2,7 +2,7 @@
 import numpy as np
 
 from n3d_ros.core.box import Box3D
-from n3d_ros.core.box_refine import ray_box_entry, snap_to_depth
+from n3d_ros.core.box_refine import ray_box_entry, snap_boxes_to_depth, snap_to_depth
 from n3d_ros.core.camera import CameraModel
 from n3d_ros.core.frames import Frame
 
@@ -100,6 +100,24 @@ def test_a_large_footprint_read_on_a_stride_lands_in_the_same_place():
     for max_pixels in (10**9, 2048, 256):
         snapped = snap_to_depth(guess, pts, mask, CAM, max_pixels=max_pixels)
         np.testing.assert_allclose(snapped.center, truth.center, atol=0.01)
+
+
+def test_boxes_snapped_together_land_as_one_at_a_time_and_unsnappable_ones_stay_the_same_objects():
+    left = Box3D.from_yaw([-0.9, 0.3, 3.0], [0.6, 0.6, 0.5], np.deg2rad(25))
+    right = Box3D([0.8, 0.2, 2.2], [0.4, 0.5, 0.4])
+    (p1, m1), (p2, _) = _render(left), _render(right)
+    pts = np.where((p2[..., 2] < p1[..., 2])[..., None], p2, p1)      # both boxes in one depth image
+    guesses = [Box3D.from_yaw(left.center * 1.06, left.size, np.deg2rad(25)),
+               Box3D(right.center * 0.95, right.size),
+               Box3D([0.0, 0.0, -1.0], [0.5, 0.5, 0.5]),                # behind the camera
+               Box3D([0.0, -0.5, 6.0], [0.3, 0.3, 0.3])]                # only the wall, 2 m behind it, in view
+    together = snap_boxes_to_depth(guesses, pts, m1, CAM)
+    np.testing.assert_allclose(together[0].center, left.center, atol=0.01)
+    np.testing.assert_allclose(together[1].center, right.center, atol=0.01)
+    assert together[2] is guesses[2] and together[3] is guesses[3]
+    for one, box in zip(together, guesses):
+        np.testing.assert_array_equal(one.center, snap_to_depth(box, pts, m1, CAM).center)
+    assert snap_boxes_to_depth([], pts, m1, CAM) == []
 
 
 def test_ray_box_entry_slabs():

@@ -22,7 +22,7 @@ import torch
 
 from ..core.box import Box3D
 from ..core.box_overlap import suppress_overlaps
-from ..core.box_refine import snap_to_depth
+from ..core.box_refine import snap_boxes_to_depth
 from ..core.camera import CameraModel
 from ..core.frames import mirror_image_vectors
 from ..core.objects import GroundedObject
@@ -155,10 +155,15 @@ class _Grounder:
         return target_to_box(patch, params, float(self.z_ref[patch]), self.enc.camera, self.up, self.cfg.grid_w,
                              self.cfg.patch)
 
-    def _finish(self, box: Box3D, label: str, score: float, index: int) -> GroundedObject:
-        """Snap to measured depth (when there is some) and attach the source-image 2D box."""
-        if self.snap is not None:
-            box = snap_to_depth(box, *self.snap, self.enc.camera)
+    def _snapped(self, boxes: list[Box3D]) -> list[Box3D]:
+        """The boxes moved onto the measured depth, when there is some (all in one call: see
+        core.box_refine.snap_boxes_to_depth)."""
+        return boxes if self.snap is None else snap_boxes_to_depth(boxes, *self.snap, self.enc.camera)
+
+    def _finish(self, box: Box3D, label: str, score: float, index: int, *, snapped: bool = False) -> GroundedObject:
+        """Snap to measured depth (unless `snapped` already) and attach the source-image 2D box."""
+        if not snapped:
+            box = self._snapped([box])[0]
         b2d = box.project_2d(self.scene.camera)
         return GroundedObject(box=box, label=label, score=score, id=f"bbox_{index}",
                               box_2d=None if b2d is None else tuple(float(x) for x in b2d))
@@ -218,8 +223,9 @@ class _Grounder:
         boxes = [self._raw_box(n, prm) for n, _, _, _, prm in found]
         kept = [i for i in suppress_overlaps(boxes, self.overlap_nms)
                 if (kind is None or found[i][1] == kind) and (colour is None or found[i][2] == colour)]
-        objects = [self._finish(boxes[i], f"{cfg.colours[found[i][2]]} {cfg.kinds[found[i][1]]}", found[i][3], j)
-                   for j, i in enumerate(kept)]
+        snapped = self._snapped([boxes[i] for i in kept])
+        objects = [self._finish(box, f"{cfg.colours[found[i][2]]} {cfg.kinds[found[i][1]]}", found[i][3], j,
+                                snapped=True) for j, (i, box) in enumerate(zip(kept, snapped))]
         objects.sort(key=lambda o: float(self.enc.camera.project(o.box.center[None])[0, 0]))
         return [replace(o, id=f"bbox_{i}") for i, o in enumerate(objects)]
 
