@@ -132,3 +132,50 @@ def test_bf16_autocast_close_to_fp32(weights, tmp_path):
     m = ref.mask & low.mask
     rel = np.linalg.norm(low.points[m] - ref.points[m]) / np.linalg.norm(ref.points[m])
     assert rel < 5e-2
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_the_tensor_encoding_is_the_host_encoding(weights, tmp_path, backend):
+    # encode_tensors is what the compact backend uses (on the GPU its point maps stay there); encode
+    # is the GeometryOutput contract on top of it: same validity, same points where valid, zeros elsewhere.
+    enc = make_encoder("compact", weights=weights, backend=backend, device="cpu", cache_dir=tmp_path)
+    cam = CameraModel.from_intrinsics(450, 450, 300.0, 200.0, 600, 400)
+    img = np.random.default_rng(3).integers(0, 255, (400, 600, 3), dtype=np.uint8)
+    host = enc.encode([img], [cam], mirrored=True)
+    dev = enc.encode_tensors([img], [cam], mirrored=True)
+    assert dev.points.shape == (2, 3, 240, 320) and dev.valid.shape == (2, 1, 240, 320)
+    assert dev.points.device.type == "cpu" and dev.valid.dtype == torch.bool
+    np.testing.assert_array_equal(dev.valid[:, 0].numpy(), host.mask)
+    pts = dev.points.permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(pts[host.mask], host.points[host.mask])
+    assert (pts[~host.mask] == 0).all()
+    np.testing.assert_array_equal(dev.features.numpy(), host.features)
+    enc.close()
+
+
+def test_cuda_graphs_are_only_for_torch_on_cuda(weights):
+    enc = make_encoder("compact", weights=weights, backend="torch", device="cpu", cuda_graphs=True)
+    assert enc.backend == "torch(cpu, fp32)" and not enc.runner.cuda_graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replays_match_eager_and_do_not_overwrite_earlier_outputs(weights):
+    graphs = make_encoder("compact", weights=weights, backend="torch", device="cuda", cuda_graphs=True)
+    eager = make_encoder("compact", weights=weights, backend="torch", device="cuda", cuda_graphs=False)
+    assert graphs.backend == "torch_cuda_graphs(cuda, fp32)" and eager.backend == "torch(cuda, fp32)"
+    cam = CameraModel.from_intrinsics(450, 450, 300.0, 200.0, 600, 400)
+    rng = np.random.default_rng(4)
+    imgs = [rng.integers(0, 255, (400, 600, 3), dtype=np.uint8) for _ in range(3)]
+    first = graphs.encode_tensors(imgs[:1], [cam], mirrored=True)
+    kept = first.points.clone()
+    for img in imgs:                                       # replays of the captured graphs (batch 2, then 1)
+        for mirrored in (True, False):
+            a = graphs.encode_tensors([img], [cam], mirrored=mirrored)
+            b = eager.encode_tensors([img], [cam], mirrored=mirrored)
+            torch.testing.assert_close(a.points, b.points, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(a.features, b.features, rtol=1e-5, atol=1e-5)
+            assert torch.equal(a.valid, b.valid)
+    assert len(graphs.runner._graphs) == 2
+    assert torch.equal(first.points, kept)                 # outputs are copies, not the graph's buffers
+    graphs.close()
+    eager.close()

@@ -1,19 +1,40 @@
 """The compact encoder as a GeometryEncoder: preprocessing, any runner, post-processing."""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ..core.camera import CameraModel
+from ..core.focal import PixelTransform
 from ..core.frames import mirror_image_vectors
 from .backends import Runner
 from .compact_encoder import CompactEncoderConfig
 from .contract import GeometryOutput, check_batch
 from .preprocess import prepare_input, stack_inputs
 
+if TYPE_CHECKING:
+    import torch
+
 INPUT_NAMES = ("image", "rays")
 OUTPUT_NAMES = ("points", "mask_logits", "features")
+
+
+@dataclass(frozen=True)
+class EncodedTensors:
+    """The compact encoder's output as torch tensors on the consumer's device (model grid).
+
+    points:   (B, 3, h, w) float32 metres, optical frame; 0 where invalid.
+    valid:    (B, 1, h, w) bool.
+    features: (B, C, h/16, w/16) float32 tokens.
+    """
+
+    points: "torch.Tensor"
+    valid: "torch.Tensor"
+    features: "torch.Tensor"
+    transforms: list[PixelTransform]
+    backend: str
 
 
 class CompactGeometry:
@@ -25,11 +46,16 @@ class CompactGeometry:
         self.backend = runner.label
         self.device = runner.device
 
-    def encode(self, images: Sequence[np.ndarray], cameras: Sequence[CameraModel], *,
-               mirrored: bool = False) -> GeometryOutput:
-        """`mirrored`: also encode each image reflected in its grid camera's y-z plane (columns
+    def encode_tensors(self, images: Sequence[np.ndarray], cameras: Sequence[CameraModel], *,
+                       mirrored: bool = False, device: str | None = None) -> EncodedTensors:
+        """The encoding as tensors on `device` (default: the runner's). A torch runner's outputs never
+        leave its device, so a GPU consumer pays no round trip of the point maps through the host.
+
+        `mirrored`: also encode each image reflected in its grid camera's y-z plane (columns
         reversed, the rays' x negated: the mirrored scene, as in training); those B outputs follow the
         originals, in that mirrored frame."""
+        import torch
+
         check_batch(images, cameras)
         items = [prepare_input(img, cam, self.config) for img, cam in zip(images, cameras)]
         image, rays = stack_inputs(items)  # (B, 3, h, w), (B, 2, h, w)
@@ -38,16 +64,28 @@ class CompactGeometry:
             rays = np.concatenate([rays, mirror_image_vectors(rays, channel_axis=1)])
             image, rays = np.ascontiguousarray(image), np.ascontiguousarray(rays)
             items = items + items
+        device = device or self.runner.device
+        run = getattr(self.runner, "run_tensors", None)
         step = self.runner.max_batch or len(items)
-        chunks = [self.runner.run({"image": image[i:i + step], "rays": rays[i:i + step]})
-                  for i in range(0, len(items), step)]
-        points = np.concatenate([c["points"] for c in chunks]).transpose(0, 2, 3, 1)  # (B, h, w, 3)
-        logits = np.concatenate([c["mask_logits"] for c in chunks])[:, 0]             # (B, h, w)
-        features = np.concatenate([c["features"] for c in chunks]).astype(np.float32)
-        mask = (logits > 0) & np.all(np.isfinite(points), axis=-1) & (points[..., 2] > 0)
-        points = np.where(mask[..., None], points, np.nan).astype(np.float32)
-        return GeometryOutput(points=points, mask=mask, features=features,
+        chunks = []
+        for i in range(0, len(items), step):
+            feeds = {"image": image[i:i + step], "rays": rays[i:i + step]}
+            out = run(feeds) if run is not None else {k: torch.from_numpy(v) for k, v in self.runner.run(feeds).items()}
+            chunks.append({k: v.to(device) for k, v in out.items()})
+        points, logits, features = (torch.cat([c[k] for c in chunks]) for k in OUTPUT_NAMES)
+        valid = (logits > 0) & torch.isfinite(points).all(dim=1, keepdim=True) & (points[:, 2:3] > 0)
+        return EncodedTensors(points=torch.where(valid, points, torch.zeros((), device=points.device)),
+                              valid=valid, features=features.float(),
                               transforms=[m.transform for m in items], backend=self.backend)
+
+    def encode(self, images: Sequence[np.ndarray], cameras: Sequence[CameraModel], *,
+               mirrored: bool = False) -> GeometryOutput:
+        """`encode_tensors` on the host as a GeometryOutput (NaN points where invalid)."""
+        out = self.encode_tensors(images, cameras, mirrored=mirrored, device="cpu")
+        mask = out.valid[:, 0].numpy()
+        points = np.where(mask[..., None], out.points.permute(0, 2, 3, 1).numpy(), np.nan).astype(np.float32)
+        return GeometryOutput(points=points, mask=mask, features=out.features.numpy(),
+                              transforms=out.transforms, backend=self.backend)
 
     def close(self) -> None:
         self.runner.close()

@@ -23,7 +23,7 @@ def make_encoder(kind: str = "compact", *, weights: PathLike | None = None, onnx
                  backend: str = "auto", device: str = "auto", precision: str = "fp32",
                  cache_dir: PathLike | None = None, config: CompactEncoderConfig | None = None,
                  compile_mode: str | None = None, num_tokens: int = 1800,
-                 long_side: int | None = None) -> GeometryEncoder:
+                 long_side: int | None = None, cuda_graphs: bool = True) -> GeometryEncoder:
     """Build a geometry encoder.
 
     kind="compact": weights = .safetensors of CompactGeometryEncoder, onnx_path = an export of it
@@ -31,6 +31,7 @@ def make_encoder(kind: str = "compact", *, weights: PathLike | None = None, onnx
     kind="moge": weights (or onnx_path) = the MoGe-2 .onnx; backends tensorrt | onnxruntime.
     backend: "auto" | "tensorrt" | "onnxruntime" | "torch" | "torch_compiled"; device: "auto" | "cpu" |
     "cuda"; precision: "fp32" | "fp16" | "bf16" (torch autocast, TensorRT builder flags).
+    cuda_graphs: the "torch" backend on CUDA replays each input shape's forward as a CUDA graph.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -58,7 +59,7 @@ def make_encoder(kind: str = "compact", *, weights: PathLike | None = None, onnx
         module = load_safetensors(CompactGeometryEncoder(config), weights)  # type: ignore[arg-type]
         runner = TorchRunner(module, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, device=dev,
                              precision=precision, compiled=choice.name == "torch_compiled",
-                             compile_mode=compile_mode)
+                             compile_mode=compile_mode, cuda_graphs=cuda_graphs)
     else:
         if onnx_path is None:
             onnx_path = export_compact_onnx(weights, config, cache)  # type: ignore[arg-type]

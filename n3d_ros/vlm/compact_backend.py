@@ -29,7 +29,6 @@ from ..core.objects import GroundedObject
 from ..core.question_parser import parse_question
 from ..core.questions import SET_KINDS, QuestionKind
 from ..core.reasoning import ReasoningError, answer_query
-from ..geometry.contract import GeometryOutput
 from ..geometry.preprocess import grid_depth_to_points
 from .compact_model import CompactSpatialDecoder, CompactVLMConfig
 from .compact_targets import ParsedOutput, mirror_box_params, mirror_patch_maps, phrase_class, target_to_box
@@ -309,40 +308,36 @@ class CompactSpatialVLM:
         has_depth = scene.depth is not None or scene.points is not None
         mirror = self.dec_cfg.has_dense_head and (self.mirror_average == "always"
                                                   or (self.mirror_average == "depth" and has_depth))
-        out: GeometryOutput = self.encoder.encode([scene.image], [scene.camera], mirrored=mirror)
-        if out.features is None:
-            raise RuntimeError("the compact encoder returned no features")
+        # On the decoder's device: a GPU pipeline's point maps never make a round trip through the host.
+        out = self.encoder.encode_tensors([scene.image], [scene.camera], mirrored=mirror, device=self.device)
         transform = out.transforms[0]
         cam = transform.apply_camera(scene.camera)
-        points, mask, source = out.points[0], out.mask[0], f"encoder:{out.backend}"
-        if scene.depth is not None and scene.points is None:
+        features = out.features[:1]
+        m_features = out.features[1:2] if mirror else None
+        if not has_depth:
+            mirrored = (m_features, out.points[1:2], out.valid[1:2]) if mirror else None
+            return _Encoded(features=features, points=out.points[:1], valid=out.valid[:1], camera=cam,
+                            source=f"encoder:{out.backend}", mirror=mirrored)
+        if scene.points is None:
             # Measured depth (RGB-D) replaces the estimate; resampled first, unprojected on the grid.
             depth = np.where(np.isfinite(scene.depth), scene.depth, 0).astype(np.float32)
             points, mask = grid_depth_to_points(transform.apply_image(depth, interpolation="nearest", fill=0.0),
                                                 cam)
-            source = "depth"
-        elif scene.points is not None:
+        else:
             points = transform.apply_image(np.where(scene.mask[..., None], scene.points, np.nan)
                                            .astype(np.float32), interpolation="nearest", fill=np.nan)
             mask = np.all(np.isfinite(points), axis=-1)
-            source = "depth"
         dev = self.device
-        measured = (points, mask) if source == "depth" else None
 
-        def tensors(features, points, mask):
-            return (torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(dev),
-                    torch.from_numpy(np.nan_to_num(points).transpose(2, 0, 1)[None].astype(np.float32)).to(dev),
+        def tensors(points, mask):
+            return (torch.from_numpy(np.nan_to_num(points).transpose(2, 0, 1)[None].astype(np.float32)).to(dev),
                     torch.from_numpy(np.ascontiguousarray(mask)[None, None]).to(dev))
 
-        mirrored = None
-        if mirror:
-            # Measured geometry is mirrored like the image: columns reversed, x negated.
-            m_points, m_mask = ((mirror_image_vectors(points, channel_axis=-1), mask[:, ::-1])
-                                if measured is not None else (out.points[1], out.mask[1]))
-            mirrored = tensors(out.features[1:2], m_points, m_mask)
-        features, points_t, valid = tensors(out.features[:1], points, mask)
-        return _Encoded(features=features, points=points_t, valid=valid, camera=cam, source=source,
-                        measured=measured, mirror=mirrored)
+        # Measured geometry is mirrored like the image: columns reversed, x negated.
+        mirrored = (m_features, *tensors(mirror_image_vectors(points, channel_axis=-1), mask[:, ::-1])) \
+            if mirror else None
+        return _Encoded(features, *tensors(points, mask), camera=cam, source="depth", measured=(points, mask),
+                        mirror=mirrored)
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
