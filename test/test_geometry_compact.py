@@ -159,10 +159,13 @@ def test_cuda_graphs_are_only_for_torch_on_cuda(weights):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_replays_match_eager_and_do_not_overwrite_earlier_outputs(weights):
-    graphs = make_encoder("compact", weights=weights, backend="torch", device="cuda", cuda_graphs=True)
-    eager = make_encoder("compact", weights=weights, backend="torch", device="cuda", cuda_graphs=False)
-    assert graphs.backend == "torch_cuda_graphs(cuda, fp32)" and eager.backend == "torch(cuda, fp32)"
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("bf16", 1e-2)])
+def test_cuda_graph_replays_match_eager_and_do_not_overwrite_earlier_outputs(weights, precision, tol):
+    graphs = make_encoder("compact", weights=weights, backend="torch", device="cuda", cuda_graphs=True,
+                          precision=precision)
+    eager = make_encoder("compact", weights=weights, backend="torch", device="cuda", cuda_graphs=False,
+                         precision=precision)
+    assert graphs.backend == f"torch_cuda_graphs(cuda, {precision})" and eager.backend == f"torch(cuda, {precision})"
     cam = CameraModel.from_intrinsics(450, 450, 300.0, 200.0, 600, 400)
     rng = np.random.default_rng(4)
     imgs = [rng.integers(0, 255, (400, 600, 3), dtype=np.uint8) for _ in range(3)]
@@ -172,9 +175,12 @@ def test_cuda_graph_replays_match_eager_and_do_not_overwrite_earlier_outputs(wei
         for mirrored in (True, False):
             a = graphs.encode_tensors([img], [cam], mirrored=mirrored)
             b = eager.encode_tensors([img], [cam], mirrored=mirrored)
-            torch.testing.assert_close(a.points, b.points, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(a.features, b.features, rtol=1e-5, atol=1e-5)
-            assert torch.equal(a.valid, b.valid)
+            torch.testing.assert_close(a.points, b.points, rtol=tol, atol=tol)
+            torch.testing.assert_close(a.features, b.features, rtol=tol, atol=tol)
+            if precision == "fp32":
+                assert torch.equal(a.valid, b.valid)
+            else:                                          # a logit at 0 may round either way in bf16
+                assert (a.valid != b.valid).float().mean() < 1e-3
     assert len(graphs.runner._graphs) == 2
     assert torch.equal(first.points, kept)                 # outputs are copies, not the graph's buffers
     graphs.close()

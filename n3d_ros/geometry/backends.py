@@ -166,7 +166,9 @@ class TorchRunner:
         torch = self._torch
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        # Autocast's cache of cast weights would hold tensors of the graph's capture pool: off with graphs.
+        with torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None,
+                            cache_enabled=not self.cuda_graphs):
             out = self._fn(*args)
         return [out] if isinstance(out, torch.Tensor) else list(out)
 
