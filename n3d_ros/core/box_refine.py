@@ -168,7 +168,9 @@ def _footprint(box: Box3D, centre: np.ndarray, R: np.ndarray, half: np.ndarray, 
 
 def _percentile_of_sorted(a: np.ndarray, q: float) -> float:
     """np.percentile(a, 100 * q) of sorted `a` (its default linear method, to the last bit)."""
-    index = len(a) * q + (1 + q * (1 - 1 - 1)) - 1   # NumPy's virtual index, alpha = beta = 1
+    # NumPy's virtual index n*q + (alpha + q*(1 - alpha - beta)) - 1 for alpha = beta = 1, in its order of
+    # operations: (n - 1) * q can differ in the last bit and move the box by 1e-16 m.
+    index = len(a) * q + (1 + q * (1 - 1 - 1)) - 1
     if index >= len(a) - 1 or index < 0:
         return float(a[-1] if index >= 0 else a[0])
     lo = int(np.floor(index))
