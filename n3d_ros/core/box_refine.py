@@ -94,7 +94,6 @@ def snap_boxes_to_depth(boxes: Sequence[Box3D], points: np.ndarray, mask: np.nda
     z0 = centres[:, 2].copy()
     active = [i for i in range(n) if z0[i] > 1e-3]
     snapped: list[int] = []       # converged, or moved in every pass
-    q = float(front_percentile) / 100.0
     for _ in range(max(1, int(iterations))):
         # Any pass that finds no footprint, too few residuals or too long a move leaves the box as it
         # came (earlier passes' moves dropped); a pass that moves it less than 0.1 mm ends its snapping.
@@ -125,14 +124,12 @@ def snap_boxes_to_depth(boxes: Sequence[Box3D], points: np.ndarray, mask: np.nda
             residual = z - t_in
             near = np.abs(residual) <= reach
             box_of, residual = box_of[near], residual[near]
-            order = np.lexsort((residual, box_of))            # by box, then residual
-            box_of, residual = box_of[order], residual[order]
-            counts = np.bincount(box_of, minlength=n)
+            counts = np.bincount(box_of, minlength=n)          # pixels stay grouped by box, in `active` order
             ends = np.cumsum(counts)
             for i in active:
                 if counts[i] < min_points:
                     continue
-                step = _percentile_of_sorted(residual[ends[i] - counts[i]:ends[i]], q)
+                step = float(np.percentile(residual[ends[i] - counts[i]:ends[i]], front_percentile))
                 new_z = float(centres[i, 2]) + step
                 if abs(new_z - z0[i]) > max_shift or new_z <= 1e-3:
                     continue
@@ -165,16 +162,3 @@ def _footprint(box: Box3D, centre: np.ndarray, R: np.ndarray, half: np.ndarray, 
         return None
     return r0, r1, c0, c1
 
-
-def _percentile_of_sorted(a: np.ndarray, q: float) -> float:
-    """np.percentile(a, 100 * q) of sorted `a` (its default linear method, to the last bit)."""
-    # NumPy's virtual index n*q + (alpha + q*(1 - alpha - beta)) - 1 for alpha = beta = 1, in its order of
-    # operations: (n - 1) * q can differ in the last bit and move the box by 1e-16 m.
-    index = len(a) * q + (1 + q * (1 - 1 - 1)) - 1
-    if index >= len(a) - 1 or index < 0:
-        return float(a[-1] if index >= 0 else a[0])
-    lo = int(np.floor(index))
-    hi = min(lo + 1, len(a) - 1)
-    t = index - lo
-    x, y = float(a[lo]), float(a[hi])
-    return y - (y - x) * (1.0 - t) if t >= 0.5 else x + (y - x) * t

@@ -147,7 +147,7 @@ class _Grounder:
             self.dense = (heat, colour.clamp_min(1e-12).log(), box)
 
     def _object(self, patch: int, params: np.ndarray, label: str, score: float, index: int) -> GroundedObject:
-        return self._finish(self._raw_box(patch, params), label, score, index)
+        return self._finish(self._snapped([self._raw_box(patch, params)])[0], label, score, index)
 
     def _raw_box(self, patch: int, params: np.ndarray) -> Box3D:
         """The head's box at `patch` (model-grid optical frame), before depth snapping."""
@@ -159,10 +159,8 @@ class _Grounder:
         core.box_refine.snap_boxes_to_depth)."""
         return boxes if self.snap is None else snap_boxes_to_depth(boxes, *self.snap, self.enc.camera)
 
-    def _finish(self, box: Box3D, label: str, score: float, index: int, *, snapped: bool = False) -> GroundedObject:
-        """Snap to measured depth (unless `snapped` already) and attach the source-image 2D box."""
-        if not snapped:
-            box = self._snapped([box])[0]
+    def _finish(self, box: Box3D, label: str, score: float, index: int) -> GroundedObject:
+        """The grounded object of a final (snapped) box, with its source-image 2D box."""
         b2d = box.project_2d(self.scene.camera)
         return GroundedObject(box=box, label=label, score=score, id=f"bbox_{index}",
                               box_2d=None if b2d is None else tuple(float(x) for x in b2d))
@@ -223,8 +221,8 @@ class _Grounder:
         kept = [i for i in suppress_overlaps(boxes, self.overlap_nms)
                 if (kind is None or found[i][1] == kind) and (colour is None or found[i][2] == colour)]
         snapped = self._snapped([boxes[i] for i in kept])
-        objects = [self._finish(box, f"{cfg.colours[found[i][2]]} {cfg.kinds[found[i][1]]}", found[i][3], j,
-                                snapped=True) for j, (i, box) in enumerate(zip(kept, snapped))]
+        objects = [self._finish(box, f"{cfg.colours[found[i][2]]} {cfg.kinds[found[i][1]]}", found[i][3], j)
+                   for j, (i, box) in enumerate(zip(kept, snapped))]
         objects.sort(key=lambda o: float(self.enc.camera.project(o.box.center[None])[0, 0]))
         return [replace(o, id=f"bbox_{i}") for i, o in enumerate(objects)]
 
