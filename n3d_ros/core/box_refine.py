@@ -82,7 +82,7 @@ def snap_boxes_to_depth(boxes: Sequence[Box3D], points: np.ndarray, mask: np.nda
     A large footprint is read on a regular pixel stride, at most about `max_pixels` pixels: a low
     percentile needs no more, and a sofa close to the camera would otherwise cost 10x a mug.
 
-    All boxes go through each pass together (one slab test and one sort for every box's pixels):
+    All boxes go through each pass together (one slab test for every box's pixels):
     a "detect all" answer snaps ten boxes or more, and per-box NumPy calls were most of its host time.
     """
     n = len(boxes)
