@@ -4,10 +4,14 @@
     python benchmarks/profile_train_step.py --device cuda --dense-head true --questions-per-image 2
     python benchmarks/profile_train_step.py --device cuda --dense-head true --compile encoder --kernels
     python benchmarks/profile_train_step.py --device cuda --dense-head true --fine-features true
+    python benchmarks/profile_train_step.py --device cuda --dense-head true --fine-features true --mirror true \
+        --compile graphs --grid-width 384 --grid-height 288 --f0 288 --channels-last true   # the recipe's step
 
 Times, per step, with the GPU synchronized around each phase (so phases do not overlap as they do
-in training): batch assembly on the CPU, forward, backward, optimizer; plus one background refresh
-of `refresh_fraction` of the scenes (its wall time in the workers, and the part the loop waits for).
+in training): batch assembly on the CPU, forward, backward, optimizer. Then the step rate with nothing
+synchronized, as the training loop runs: the CPU may prepare the next step while the GPU runs this
+one. Then one background refresh of `refresh_fraction` of the scenes (its wall time in the workers,
+and the part the loop waits for).
 Prints a markdown table (median ms and share of the step).
 --compile encoder runs the encoder through `torch.compile`, --compile all the decoder's pass too
 (train_compact.compile_for_training);
@@ -46,15 +50,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--encoder-context", type=int, default=0, help="encoder self-attention blocks at stride 16")
     p.add_argument("--mirror", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
                    help="mirror half of the images and their targets (train_compact --mirror)")
+    p.add_argument("--channels-last", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
+                   help="encoder weights and inputs NHWC (train_compact --channels-last)")
+    p.add_argument("--grid-width", type=int, default=CompactEncoderConfig.in_width, help="model grid, px")
+    p.add_argument("--grid-height", type=int, default=CompactEncoderConfig.in_height)
+    p.add_argument("--f0", type=float, default=CompactEncoderConfig.f0, help="the grid's focal length, px")
+    p.add_argument("--refresh-every-steps", type=int, default=80,
+                   help="start a refresh this often in the unsynchronized loop, as training does (0 = never)")
+    p.add_argument("--refresh-fraction", type=float, default=0.05)
     p.add_argument("--kernels", action="store_true", help="also report GPU busy time per step (torch.profiler)")
     a = p.parse_args(argv)
-    cfg = TrainConfig(device=a.device, scenes=a.scenes, images_per_step=a.images_per_step,
+    cfg = TrainConfig(device=a.device, scenes=a.scenes, refresh_fraction=a.refresh_fraction,
+                      images_per_step=a.images_per_step,
                       questions_per_image=a.questions_per_image, workers=a.workers, scene_seed_offset=0,
                       dense_head=a.dense_head)
     tok = build_tokenizer(n_scenes=100)
     tok_path = "/tmp/n3d_profile_tokenizer.json"
     tok.save(tok_path)
-    enc_cfg = CompactEncoderConfig(fine_features=a.fine_features, context_layers=a.encoder_context)
+    enc_cfg = CompactEncoderConfig(in_width=a.grid_width, in_height=a.grid_height, f0=a.f0,
+                                   fine_features=a.fine_features, context_layers=a.encoder_context)
     dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=a.dense_head, depth_cells=a.depth_cells,
                                  source_embedding=a.source_embedding)
     enc = CompactGeometryEncoder(enc_cfg).to(a.device)
@@ -62,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, print)
     params = list(enc.parameters()) + list(dec.parameters())
     t_compile = time.perf_counter()
-    passes = compile_for_training(enc, dec, a.compile)
+    passes = compile_for_training(enc, dec, a.compile, **({"channels_last": True} if a.channels_last else {}))
     opt = torch.optim.AdamW(params, lr=1e-4, fused=a.device.startswith("cuda"))
     rng = np.random.default_rng(0)
     trng = torch.Generator(device=a.device)
@@ -93,6 +107,21 @@ def main(argv: list[str] | None = None) -> None:
         if i >= warm:  # warm-up steps excluded
             for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                 phases[k].append(v * 1e3)
+    # The loop as training runs it: nothing synchronized between steps, so the CPU prepares and launches
+    # step n+1 while the GPU runs step n (unless something in the step waits for the GPU).
+    # The workers refresh scenes all along, as in training (--refresh-every-steps).
+    sync()
+    t0 = time.perf_counter()
+    for i in range(a.steps):
+        if (a.refresh_every_steps and i % a.refresh_every_steps == 0) or ds.refreshing:
+            ds.refresh(rng)
+        train_step(passes, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt, params, amp=cuda,
+                   mirror=a.mirror)
+    sync()
+    loop_ms = (time.perf_counter() - t0) * 1e3 / a.steps
+    while ds.refreshing:
+        ds.refresh(rng)
+        time.sleep(0.02)
     busy_ms = float("nan")
     if a.kernels and cuda:
         busy_ms = _gpu_busy_ms(lambda: train_step(passes, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt,
@@ -102,12 +131,14 @@ def main(argv: list[str] | None = None) -> None:
     step = statistics.median(phases["step"])
     name = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"\nTraining step profile on {name}: {a.images_per_step} images x {a.questions_per_image} questions, "
-          f"dense head {a.dense_head}, compile {a.compile}, {a.steps} steps\n")
+          f"{a.grid_width}x{a.grid_height} grid, dense head {a.dense_head}, compile {a.compile}, channels last "
+          f"{a.channels_last}, {a.steps} steps\n")
     print("| phase | median ms | share of step |\n|---|---|---|")
     for k, v in phases.items():
         m = statistics.median(v)
         print(f"| {k} | {m:.1f} | {m / step:.0%} |")
-    print(f"\nsteps/s (phases serialized): {1e3 / step:.1f}; refresh of "
+    print(f"\nsteps/s as in training (nothing synchronized): {1e3 / loop_ms:.1f} ({loop_ms:.1f} ms a step)")
+    print(f"steps/s (phases serialized): {1e3 / step:.1f}; refresh of "
           f"{max(1, int(cfg.refresh_fraction * cfg.scenes))} scenes: {refresh_wall:.1f} s in {cfg.workers} workers, "
           f"{swap_ms:.0f} ms in the training loop")
     if a.compile != "none":

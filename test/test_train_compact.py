@@ -60,15 +60,58 @@ def test_refresh_swaps_images_and_questions_together(tmp_path):
         ds.close()
 
 
+def test_workers_fill_the_slots_the_first_fill_left_before_replacing_any(tmp_path):
+    """--initial-scenes: training starts on part of the pool; refresh fills the empty slots in order
+    (seeds continuing), and only a full pool has scenes replaced."""
+    from n3d_ros.geometry.compact_encoder import CompactEncoderConfig
+    from n3d_ros.tools.train_compact import build_tokenizer
+    from n3d_ros.vlm.compact_model import CompactVLMConfig
+
+    tok = build_tokenizer(n_scenes=20)
+    tok.save(tmp_path / "tok.json")
+    cfg = TrainConfig(device="cpu", scenes=6, initial_scenes=2, workers=1, render_batch=6, questions_per_scene=3,
+                      refresh_fraction=0.5)
+    dec_cfg = CompactVLMConfig(vocab_size=tok.vocab_size)
+    ds = GpuDataset(cfg, CompactEncoderConfig(), dec_cfg, str(tmp_path / "tok.json"), _log)
+    full = GpuDataset(replace(cfg, initial_scenes=0), CompactEncoderConfig(), dec_cfg, str(tmp_path / "tok.json"),
+                      _log)
+    try:
+        assert ds.filling and ds.next_seed == 2 and set(ds.usable.tolist()) <= {0, 1}
+        assert not ds.questions[2]                     # empty slots are never sampled
+        rng = np.random.default_rng(0)
+        submitted = []
+        while ds.filling or ds.refreshing:
+            ds.refresh(rng)
+            if ds.refreshing:
+                slots = ds._pending[0].tolist()
+                if not submitted or submitted[-1] != slots:
+                    submitted.append(slots)
+                for f in ds._pending[1]:
+                    f.result()
+        assert submitted == [[2, 3, 4], [5]]           # refresh_fraction of the pool at a time, in order
+        assert ds.next_seed == 6
+        # The workers' renders (CPU) and questions of seeds 2-5 are those of the device's first fill.
+        assert torch.equal(ds.rgb, full.rgb) and torch.equal(ds.depth, full.depth)
+        assert [len(q) for q in ds.questions] == [len(q) for q in full.questions]
+        assert ds.usable.tolist() == full.usable.tolist()
+        ds.refresh(rng)                                # a full pool: now scenes are replaced
+        assert ds.refreshing and ds.next_seed == 9 and not ds.filling
+    finally:
+        ds.close()
+        full.close()
+    with pytest.raises(ValueError, match="initial_scenes"):
+        TrainConfig(scenes=4, initial_scenes=5)
+
+
 def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     out = tmp_path / "model"
     # Every architecture option at once: another model grid (smaller, for speed), fine features and global
     # context in the encoder, sub-patch depth detail and the geometry-source embedding in the decoder;
-    # mirrored images.
-    cfg = TrainConfig(out=str(out), device="cpu", minutes=0.05, scenes=6, workers=1, render_batch=6,
-                      images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
-                      grid_width=256, grid_height=192, f0=192.0,
-                      fine_features=True, depth_cells=4, source_embedding=True, encoder_context=1, mirror=True)
+    # mirrored images; NHWC encoder weights; half of the pool filled while training.
+    cfg = TrainConfig(out=str(out), device="cpu", minutes=0.05, scenes=6, initial_scenes=3, workers=1,
+                      render_batch=6, images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
+                      grid_width=256, grid_height=192, f0=192.0, fine_features=True, depth_cells=4,
+                      source_embedding=True, encoder_context=1, mirror=True, channels_last=True)
     meta = train(cfg)
     assert meta["state"]["step"] >= 1
     for f in ("config.json", "encoder.safetensors", "encoder.onnx", "decoder.safetensors", "tokenizer.json",
@@ -173,10 +216,11 @@ def test_compile_option_is_checked_and_none_keeps_the_module():
         compile_for_training(enc, dec, "everything")
 
 
-def _compiled_matches_eager(tmp_path, device: str, what: str, rtol: float, atol: float) -> None:
-    """Losses and gradients of `compile_for_training(..., what)` against the eager modules on one real
-    batch with a dense head and mirrored images; the compiled passes run three times (compile or
-    warm up, record, replay) and the last run is compared."""
+def _compiled_matches_eager(tmp_path, device: str, what: str, rtol: float, atol: float, *,
+                            channels_last: bool = False) -> None:
+    """Losses and gradients of `compile_for_training(..., what, channels_last=...)` against the eager
+    NCHW modules on one real batch with a dense head and mirrored images; the compiled passes run three
+    times (compile or warm up, record, replay) and the last run is compared."""
     from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
     from n3d_ros.tools.train_compact import build_tokenizer, collate, compile_for_training, new_decoder_config, \
         step_losses
@@ -196,7 +240,10 @@ def _compiled_matches_eager(tmp_path, device: str, what: str, rtol: float, atol:
         batch = collate(ds, np.random.default_rng(1), cfg, dec_cfg, CompactTokenizer.load(tmp_path / "tok.json"))
         assert batch[2].shape == (6, 24) and batch[4].shape == (6, 8)   # token rows padded: one shape
         results = []
-        for passes in [compile_for_training(enc, dec, "none")] + [compile_for_training(enc, dec, what)] * 3:
+        for run in range(4):
+            if run < 2:  # made after the eager run: channels_last turns the encoder's weights in place
+                passes = compile_for_training(enc, dec, "none" if run == 0 else what, channels_last=run > 0
+                                              and channels_last)
             for p in list(enc.parameters()) + list(dec.parameters()):
                 p.grad = None
             torch.manual_seed(5)                           # the measured-depth holes and noise
@@ -223,9 +270,85 @@ def test_compiled_passes_give_the_eager_losses_and_gradients(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_cuda_graph_passes_give_the_eager_losses_and_gradients(tmp_path):
-    """--compile graphs (the recipe's): the replayed CUDA graphs compute what the eager modules compute."""
-    _compiled_matches_eager(tmp_path, "cuda", "graphs", rtol=1e-4, atol=1e-4)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_graph_passes_give_the_eager_losses_and_gradients(tmp_path, channels_last):
+    """--compile graphs (the recipe's, with --channels-last): the replayed CUDA graphs compute what the
+    eager NCHW modules compute."""
+    _compiled_matches_eager(tmp_path, "cuda", "graphs", rtol=1e-4, atol=1e-4, channels_last=channels_last)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_training_step_never_waits_for_the_gpu(tmp_path):
+    """Batch assembly and the step queue work on the GPU without waiting for it (torch's sync debug
+    mode raises on any operation that would): the loop prepares step n+1 while the GPU runs step n."""
+    from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
+    from n3d_ros.tools.train_compact import (build_tokenizer, collate, compile_for_training, new_decoder_config,
+                                             train_step)
+    from n3d_ros.vlm.compact_model import CompactSpatialDecoder
+
+    tok = build_tokenizer(n_scenes=20)
+    tok.save(tmp_path / "tok.json")
+    enc_cfg = CompactEncoderConfig(fine_features=True)
+    dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=True)
+    cfg = TrainConfig(device="cuda", scenes=4, workers=1, render_batch=4, questions_per_scene=4,
+                      images_per_step=2, questions_per_image=3, dense_head=True, mirror=True)
+    ds = GpuDataset(cfg, enc_cfg, dec_cfg, str(tmp_path / "tok.json"), _log)
+    try:
+        enc, dec = CompactGeometryEncoder(enc_cfg).cuda(), CompactSpatialDecoder(dec_cfg).cuda()
+        passes = compile_for_training(enc, dec, "none")
+        params = list(enc.parameters()) + list(dec.parameters())
+        opt = torch.optim.AdamW(params, fused=True)
+        rng, gen = np.random.default_rng(0), torch.Generator(device="cuda").manual_seed(0)
+        step = lambda: train_step(passes, ds, collate(ds, rng, cfg, dec_cfg, tok), gen, dec_cfg, opt,  # noqa: E731
+                                  params, amp=True, mirror=True)
+        step()                                    # first use: allocations, lazy state
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    finally:
+        ds.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pinned memory)")
+def test_batch_upload_gives_each_array_back_on_the_gpu():
+    """Arrays of every dtype collate makes, empty ones and a batch larger than the buffer come back
+    equal; earlier uploads stay intact while the two buffers are reused."""
+    from n3d_ros.tools.train_compact import BatchUpload
+    up = BatchUpload("cuda", capacity=64)
+    rng = np.random.default_rng(0)
+    batches = [[rng.integers(-5, 5, size=(3, 7)), rng.random((2, 5)).astype(np.float32), rng.random(4) < 0.5,
+                np.zeros((0, 8), np.float32), rng.random((6, 3)).astype(np.float32)[:, 1]] for _ in range(5)]
+    got = [up(b) for b in batches]
+    for b, g in zip(batches, got):
+        for a, t in zip(b, g):
+            assert t.device.type == "cuda" and tuple(t.shape) == a.shape
+            np.testing.assert_array_equal(t.cpu().numpy(), a)
+
+
+def test_channels_last_encoder_gives_the_nchw_losses_and_gradients(tmp_path):
+    """--channels-last changes the encoder's memory layout, not what it computes."""
+    _compiled_matches_eager(tmp_path, "cpu", "none", rtol=1e-5, atol=1e-5, channels_last=True)
+
+
+def test_loaded_optimizer_moments_take_their_parameters_layout(tmp_path):
+    """Moments saved from NCHW weights load into NHWC ones element for element (a fused AdamW step
+    pairs a parameter's and its moments' memory, not their indices)."""
+    from n3d_ros.tools.train_compact import _load_optimizer, _save_optimizer
+    conv = torch.nn.Conv2d(3, 4, 3)
+    opt = torch.optim.AdamW(conv.parameters())
+    conv(torch.randn(2, 3, 8, 8)).square().sum().backward()
+    opt.step()
+    _save_optimizer(opt, tmp_path / "opt.safetensors")
+    saved = opt.state[conv.weight]["exp_avg"].clone()
+    conv.to(memory_format=torch.channels_last)
+    fresh = torch.optim.AdamW(conv.parameters())
+    _load_optimizer(fresh, tmp_path / "opt.safetensors")
+    loaded = fresh.state[conv.weight]["exp_avg"]
+    assert loaded.stride() == conv.weight.stride() != saved.stride()
+    torch.testing.assert_close(loaded, saved)
 
 
 def test_wall_minutes_cut_the_training_budget_after_a_slow_setup():

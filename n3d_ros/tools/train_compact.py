@@ -23,6 +23,7 @@ a valid new scene each, because the pool is still seen ~10 times per scene and m
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing
@@ -50,7 +51,7 @@ from ..vlm.compact_tokenizer import CompactTokenizer
 from .eval_spatial import HELD_OUT_FIRST_SEED
 
 STATE_FILE = "training_state.json"
-BOX_WEIGHTS = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.3, 0.3])
+BOX_WEIGHTS = (1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 0.3, 0.3)
 # Dense head: weight of the 8 patches around an object's centre in the colour and box losses.
 NEIGHBOUR_WEIGHT = 0.5
 COMPILE_CHOICES = ("none", "encoder", "all", "graphs")
@@ -68,6 +69,9 @@ class TrainConfig:
     minutes: float = 8.0             # training time budget of this run (data generation excluded)
     wall_minutes: float = 0.0        # if > 0: the whole run, set-up and export included, ends by then
     scenes: int = 12000              # scenes rendered for this run
+    # > 0: only this many of `scenes` are rendered on the device before training starts; the workers fill
+    # the other slots while it trains (0 = all of them first). Set-up took 1.5 min of each 9.7-min stage.
+    initial_scenes: int = 0
     scene_seed_offset: int = -1      # first scene seed; -1 = 0, or where the resumed run stopped
     questions_per_scene: int = 12
     images_per_step: int = 48
@@ -101,6 +105,7 @@ class TrainConfig:
     grid_height: int = CompactEncoderConfig.in_height
     f0: float = CompactEncoderConfig.f0
     mirror: bool = False             # mirror half of the images (and targets) each step: twice the scenes
+    channels_last: bool = False      # encoder weights and inputs in NHWC: cuDNN's layout (no transposes)
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_CHOICES:
@@ -112,6 +117,8 @@ class TrainConfig:
         if self.mirror and not self.dense_head:
             # Without the dense head, set answers list objects left to right: a mirror would reverse them.
             raise ValueError("mirror needs the dense head (--dense-head true)")
+        if not 0 <= self.initial_scenes <= self.scenes:
+            raise ValueError(f"initial_scenes must be in [0, scenes={self.scenes}], got {self.initial_scenes}")
         if not 0.0 <= self.lr_span_start < self.lr_span_end <= 1.0:
             raise ValueError(f"need 0 <= lr_span_start < lr_span_end <= 1, got {self.lr_span_start}, "
                              f"{self.lr_span_end}")
@@ -306,7 +313,9 @@ def new_decoder_config(tok: CompactTokenizer, enc_cfg: CompactEncoderConfig, *, 
 class GpuDataset:
     """Rendered images on the device plus per-scene question records.
 
-    The first fill renders on the training device (fast in bulk). With `refresh_every_steps`, a
+    The first fill renders on the training device (fast in bulk): all slots, or the first
+    `initial_scenes`, after which `refresh` fills the others from the workers while training (the loop
+    learns from the scenes it has instead of waiting for all of them). With `refresh_every_steps`, a
     fraction of the scenes is then replaced by fresh ones (new seeds) while training: worker
     processes generate, render (CPU) and question them, and a slot's image and questions are swapped
     together once its whole batch is back, so they never mismatch and the loop never waits.
@@ -331,6 +340,7 @@ class GpuDataset:
         v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
                               torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
         self.u, self.v = u, v
+        self._upload = BatchUpload(dev) if str(dev).startswith("cuda") else None
         self.next_seed = max(0, cfg.scene_seed_offset)
         self._pending: tuple[np.ndarray, list] | None = None       # (slots, futures)
         # The first fill as a pipeline: the workers generate scenes (in seed order), this process
@@ -338,22 +348,31 @@ class GpuDataset:
         # the rendered batches once their generation jobs are done: the three steps overlap
         # instead of running one after the other.
         t0 = time.time()
-        generated = self.pool.map(make_scene, self._take_seeds(n), chunksize=32)
+        first_fill = cfg.initial_scenes or n
+        generated = self.pool.map(make_scene, self._take_seeds(first_fill), chunksize=32)
         pending, chunk, start = [], [], 0
         for scene in generated:
             chunk.append(scene)
-            if len(chunk) < cfg.render_batch and start + len(chunk) < n:
+            if len(chunk) < cfg.render_batch and start + len(chunk) < first_fill:
                 continue
             r = render_scenes(chunk, enc_cfg, dec_cfg, tok_path, cfg, dev)
             self._put(np.arange(start, start + len(chunk)), r.rgb, r.depth, r.K, r.up)
             pending.append((start, self.pool.submit(_question_batch, r.jobs)))
             start, chunk = start + len(chunk), []
-        log(f"generated and rendered {n} scenes in {time.time() - t0:.1f} s")
+        log(f"generated and rendered {first_fill} scenes in {time.time() - t0:.1f} s")
         for first, future in pending:
             for slot, result in enumerate(future.result(), start=first):
                 self._store(slot, result)
-        log(f"made {sum(len(q) for q in self.questions)} questions, set-up done in {time.time() - t0:.1f} s")
-        self.usable = np.array([i for i, q in enumerate(self.questions) if q])
+        log(f"made {sum(len(q) for q in self.questions)} questions, set-up done in {time.time() - t0:.1f} s"
+            + (f"; the workers fill the other {n - first_fill} slots while training" if first_fill < n else ""))
+        self.filled = first_fill    # slots [0, filled) hold a scene or are on their way from the workers
+        self.usable = np.array([i for i, q in enumerate(self.questions) if q], dtype=np.int64)
+
+    def upload(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """A step's batch arrays as tensors on the training device (on a GPU: BatchUpload)."""
+        if self._upload is None:
+            return [torch.from_numpy(np.ascontiguousarray(a)).to(self.cfg.device) for a in arrays]
+        return self._upload(arrays)
 
     def _put(self, slots: np.ndarray, rgb, depth, K, up) -> None:
         dev = self.cfg.device
@@ -375,11 +394,17 @@ class GpuDataset:
         return seeds
 
     def refresh(self, rng: np.random.Generator) -> None:
-        """Start replacing a fraction of the scenes, or swap them in once the workers are done."""
+        """Start replacing a fraction of the scenes (while the pool is `filling`: start filling as many
+        empty slots), or swap them in once the workers are done."""
         cfg = self.cfg
         if self._pending is None:
             n = max(1, int(cfg.refresh_fraction * cfg.scenes))
-            slots = rng.choice(cfg.scenes, size=n, replace=False)
+            if self.filling:
+                slots = np.arange(self.filled, min(self.filled + n, cfg.scenes))
+                self.filled += len(slots)
+                n = len(slots)
+            else:
+                slots = rng.choice(cfg.scenes, size=n, replace=False)
             seeds = self._take_seeds(n)
             # Small jobs spread over all workers; each one is a CPU render batch.
             size = max(1, min(8, math.ceil(n / cfg.workers)))
@@ -397,11 +422,16 @@ class GpuDataset:
         self.usable = np.union1d(np.setdiff1d(self.usable, slots),
                                   np.array([s for s in slots if self.questions[s]], dtype=np.int64))
         self._pending = None
-        self.log(f"refreshed {len(slots)} scenes (next seed {self.next_seed})")
+        self.log(f"refreshed {len(slots)} scenes (next seed {self.next_seed}, {len(self.usable)} usable)")
 
     @property
     def refreshing(self) -> bool:
         return self._pending is not None
+
+    @property
+    def filling(self) -> bool:
+        """Slots still empty (`initial_scenes`): `refresh` fills them before it replaces any."""
+        return self.filled < self.cfg.scenes
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -451,17 +481,64 @@ def collate(ds: GpuDataset, rng: np.random.Generator, cfg: TrainConfig, dec_cfg:
             g_pos.append(p)                         # hidden state at p predicts <obj>
             g_patch.append(patches[k])
             g_params.append(params[k])
-    t = lambda a: torch.from_numpy(np.asarray(a)).to(cfg.device)  # noqa: E731
-    dense = None
+    arrays = [img_idx, image_index, q_ids, q_pad, out_in, out_tgt, region, np.array(g_row, np.int64),
+              np.array(g_pos, np.int64), np.array(g_patch, np.int64), np.array(g_params, np.float32).reshape(-1, 8)]
     if dec_cfg.has_dense_head:
         heat = np.stack([ds.heat[i] for i in img_idx]).astype(np.float32)          # (Bi,N,K)
         pos = [np.concatenate([np.full((len(ds.positives[img_idx[b]]), 1), r, np.float32), ds.positives[img_idx[b]]],
                               axis=1) for r, (b, _) in enumerate(rows)]
         pos = np.concatenate(pos) if pos else np.zeros((0, 5 + BOX_PARAMS), np.float32)  # row + dense_positives
-        dense = (t(heat), t(pos[:, :4].astype(np.int64)), t(pos[:, 4]), t(pos[:, 5:].astype(np.float32)))
-    return (torch.from_numpy(img_idx).to(cfg.device), t(image_index), t(q_ids), t(q_pad), t(out_in), t(out_tgt),
-            t(region), t(np.array(g_row, np.int64)), t(np.array(g_pos, np.int64)), t(np.array(g_patch, np.int64)),
-            t(np.array(g_params, np.float32).reshape(-1, 8)), dense)
+        arrays += [heat, pos[:, :4].astype(np.int64), pos[:, 4], pos[:, 5:].astype(np.float32)]
+    tensors = ds.upload(arrays)
+    return (*tensors[:11], tuple(tensors[11:]) if dec_cfg.has_dense_head else None)
+
+
+class BatchUpload:
+    """A step's numpy arrays onto the GPU in one copy that does not wait for the GPU.
+
+    A copy from ordinary (pageable) memory waits until the GPU has run everything queued before it, so
+    each step's batch stalled the loop until the previous step was done, and the CPU could not prepare
+    step n+1 while the GPU ran step n. Pinning each array anew cost more than the step saved (the host
+    pins pages, 8-23 ms a batch on a lent H100 host). So the arrays are packed into one of two pinned
+    buffers, allocated once; a buffer is refilled only after its copy of two steps ago has run.
+    """
+
+    ALIGN = 16   # bytes: every array's offset, so each can be viewed as its own dtype on the GPU
+
+    def __init__(self, device: str, capacity: int = 1 << 22) -> None:
+        self.device = device
+        self._buffers = [torch.empty(capacity, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        self._copied: list[torch.cuda.Event | None] = [None, None]
+        self._next = 0
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        offsets, total = [], 0
+        for a in arrays:
+            offsets.append(total)
+            total += -(-a.nbytes // self.ALIGN) * self.ALIGN
+        k, self._next = self._next, 1 - self._next
+        if self._copied[k] is not None:
+            self._copied[k].synchronize()          # its copy of two steps ago (long done, as a rule)
+        if total > self._buffers[k].numel():       # a larger batch than any before: a larger buffer
+            self._buffers[k] = torch.empty(2 * total, dtype=torch.uint8, pin_memory=True)
+        host = self._buffers[k].numpy()
+        for a, off in zip(arrays, offsets):
+            host[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
+        dev = self._buffers[k][:total].to(self.device, non_blocking=True)
+        self._copied[k] = torch.cuda.Event()
+        self._copied[k].record()
+        return [dev[off:off + a.nbytes].view(_TORCH_DTYPES[a.dtype]).view(a.shape) for a, off in zip(arrays, offsets)]
+
+
+_TORCH_DTYPES = {np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
+                 np.dtype(np.float32): torch.float32, np.dtype(np.bool_): torch.bool}
+
+
+@functools.lru_cache(maxsize=4)
+def _box_weights(device: str) -> torch.Tensor:
+    # Made once per device: a CPU constant copied to the GPU at every loss would wait for the GPU.
+    return torch.tensor(BOX_WEIGHTS, device=device)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -471,7 +548,7 @@ def _box_loss(pred: torch.Tensor, params: torch.Tensor, patch_z: torch.Tensor,
     depth target is taken relative to the patch's depth."""
     tgt = params.clone()
     tgt[:, 2] = tgt[:, 2] - torch.log(patch_z.clamp_min(0.05))
-    per_row = (F.smooth_l1_loss(pred, tgt, reduction="none", beta=0.05) * BOX_WEIGHTS.to(pred.device)).sum(-1)
+    per_row = (F.smooth_l1_loss(pred, tgt, reduction="none", beta=0.05) * _box_weights(str(pred.device))).sum(-1)
     return per_row.mean() if weight is None else _weighted_mean(per_row, weight)
 
 
@@ -557,21 +634,27 @@ class TrainingPasses:
     encoder: Callable
     decoder: Callable
     dec: CompactSpatialDecoder
+    channels_last: bool = False     # the encoder's weights are NHWC: its inputs are made so too
 
 
-def compile_for_training(enc: CompactGeometryEncoder, dec: CompactSpatialDecoder, what: str) -> TrainingPasses:
+def compile_for_training(enc: CompactGeometryEncoder, dec: CompactSpatialDecoder, what: str, *,
+                         channels_last: bool = False) -> TrainingPasses:
     """"none": both eager. "encoder": the encoder through `torch.compile` (one input shape, one graph;
     -13 % step time on an H100, -19 % on an H200). "all": `decoder_pass` too, with static shapes
     (`dynamic=False`): compiling it with dynamic shapes failed inside inductor on torch 2.11
     (benchmarks/results/profile_train_step.md), and collate keeps its shapes fixed. "graphs": "all"
     replayed as CUDA graphs (mode "reduce-overhead"): the step is bound by launching kernels from
-    Python, not by running them (GPU busy 32 of 71 ms), and graphs launch each pass at once."""
+    Python, not by running them (GPU busy 32 of 71 ms), and graphs launch each pass at once.
+    `channels_last` turns the encoder's weights NHWC (in place): cuDNN's convolutions run in that
+    layout, and NCHW tensors were transposed for each of them, forward and backward."""
     if what not in COMPILE_CHOICES:
         raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {what!r}")
+    if channels_last:
+        enc.to(memory_format=torch.channels_last)
     mode = "reduce-overhead" if what == "graphs" else None
     encoder = enc if what == "none" else torch.compile(enc, mode=mode)
     decoder = torch.compile(decoder_pass, dynamic=False, mode=mode) if what in ("all", "graphs") else decoder_pass
-    return TrainingPasses(encoder=encoder, decoder=decoder, dec=dec)
+    return TrainingPasses(encoder=encoder, decoder=decoder, dec=dec, channels_last=channels_last)
 
 
 def step_losses(passes: TrainingPasses, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig, *,
@@ -590,6 +673,8 @@ def step_losses(passes: TrainingPasses, ds: GpuDataset, batch, rng: torch.Genera
         batch = mirror_batch(batch, flip, dec_cfg.grid_w, dec_cfg.grid_h)
     (_, image_index, q_ids, q_pad, out_in, out_tgt, region, g_row, g_pos, g_patch, g_params, dense) = batch
     valid_gt = depth_gt > 0.05
+    if passes.channels_last:
+        image, rays = (x.contiguous(memory_format=torch.channels_last) for x in (image, rays))
     points, mask_logits, features = passes.encoder(image, rays)
     z = points[:, 2:3].clamp_min(1e-3)
     depth_loss = _weighted_mean((torch.log(z) - torch.log(depth_gt.clamp_min(1e-3))).abs(), valid_gt)
@@ -724,8 +809,8 @@ def train(cfg: TrainConfig) -> dict:
     log(f"encoder {sum(p.numel() for p in enc.parameters()) / 1e6:.2f} M params, "
         f"decoder {sum(p.numel() for p in dec.parameters()) / 1e6:.2f} M params")
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, log)
+    passes = compile_for_training(enc, dec, cfg.compile, channels_last=cfg.channels_last)  # same parameters
     params = list(enc.parameters()) + list(dec.parameters())
-    passes = compile_for_training(enc, dec, cfg.compile)   # same parameters, compiled kernels
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
                             fused=cfg.device.startswith("cuda"))
     if cfg.resume and (Path(cfg.resume) / "optimizer.safetensors").is_file():
@@ -748,7 +833,7 @@ def train(cfg: TrainConfig) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         due = cfg.refresh_every_steps > 0 and (step - first_step) % cfg.refresh_every_steps == 0
-        if due or ds.refreshing:
+        if due or ds.refreshing or ds.filling:
             ds.refresh(rng)
         stats = train_step(passes, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt, params,
                            amp=use_amp, mirror=cfg.mirror)
@@ -817,7 +902,10 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     tensors = load_file(str(path))
     for gi, group in enumerate(opt.param_groups):
         for pi, p in enumerate(group["params"]):
-            st = {k.split(".", 2)[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"{gi}.{pi}.")}
+            # Moments take the parameter's layout (NHWC with channels_last): the fused step pairs them
+            # element by element.
+            st = {k.split(".", 2)[2]: torch.empty_like(p, dtype=v.dtype).copy_(v) if v.shape == p.shape
+                  else v.to(p.device) for k, v in tensors.items() if k.startswith(f"{gi}.{pi}.")}
             if st:
                 # Fused and capturable AdamW keep the step count beside the parameter, plain AdamW on the CPU.
                 if "step" in st and not (group.get("fused") or group.get("capturable")):
