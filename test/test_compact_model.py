@@ -63,6 +63,13 @@ def test_tokenizer_save_load_and_unknown_words(tmp_path):
     assert tok2.unknown_fraction("where is the zebra") == 0.25
 
 
+def test_named_words_are_the_questions_own_and_their_singulars():
+    tok = _tok()
+    named = {tok.token(i) for i in tok.named_word_ids("How many CHAIRS are there?")}
+    assert named == {"how", "many", "chairs", "chair", "are", "there"}
+    assert tok.named_word_ids("where is the zebra") == {tok.encode_words(w)[0] for w in ("where", "is", "the")}
+
+
 def test_cached_decoding_matches_teacher_forcing():
     torch.manual_seed(0)
     cfg = CompactVLMConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=4, feature_dim=8, grid_h=3, grid_w=4)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from n3d_ros.core.questions import QuestionKind
 from n3d_ros.tools.train_compact import GpuDataset, TrainConfig, train
 
 
@@ -143,6 +144,23 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     g = vlm.ground(SceneInput(frame.rgb, frame.camera, depth=frame.depth), "how many chairs are there?")
     assert g.raw_text  # the measured-depth path through the depth detail and the source embedding
     assert seen in ([True] * 2, [True] * 4)
+    # A set's class phrase is the question's own: a decoder that would write "<k:count> ball <set>" for
+    # "how many chairs" writes "<k:count> chair <set>" (a stand-in lm_head, step by step: the kind, then
+    # "ball" over "chair", then <set>).
+    tok = vlm.tokenizer
+    prefer = [[tok.kind_ids[QuestionKind.COUNT]], tok.encode_words("ball chair"), [tok.set_id], [tok.eos_id]]
+    calls = []
+
+    def lm_head(h):
+        ids = prefer[min(len(calls), len(prefer) - 1)]
+        calls.append(1)
+        logits = torch.zeros(1, tok.vocab_size)
+        logits[0, ids] = torch.arange(len(ids), 0, -1, dtype=torch.float32)
+        return logits
+
+    vlm.decoder.lm_head.forward = lm_head
+    g = vlm.ground(SceneInput(frame.rgb, frame.camera), "how many chairs are there?")
+    assert g.raw_text.startswith("<k:count> chair <set>"), g.raw_text
     vlm.close()
 
 

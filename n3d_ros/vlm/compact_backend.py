@@ -359,8 +359,14 @@ class CompactSpatialVLM:
         text: list[str] = []
         forced: list[int] = []
         forced_names: list[str] = []   # caller's phrases, used verbatim as labels of forced objects
+        set_reached = False
         banned = {tok.pad_id, tok.bos_id, tok.sep_id, tok.unk_id}
         kind_ids = set(tok.kind_ids.values())
+        # A set's class phrase ("how many chairs" -> "chair <set>") is the question's own: a word the
+        # question lacks is the model's invention ("<k:detect> ball <set>" for "detect all objects"
+        # filtered the set down to balls). Object phrases may add what the model sees ("the mug" ->
+        # "purple mug"), as trained.
+        set_words = sorted(tok.named_word_ids(question) | {tok.set_id, tok.eos_id})
         h = dec.step(state, torch.tensor([[tok.sep_id]], device=self.device), 0, None)
         for pos in range(1, cfg.max_output_len):
             logits = dec.lm_head(h)[0].float()
@@ -370,6 +376,8 @@ class CompactSpatialVLM:
                 allow = torch.zeros_like(logits, dtype=torch.bool)
                 if parsed.kind is None:
                     allow[list(kind_ids)] = True
+                elif parsed.kind in SET_KINDS and not set_reached:
+                    allow[set_words] = True
                 else:
                     allow[:] = True
                     allow[list(kind_ids | banned)] = False
@@ -391,6 +399,7 @@ class CompactSpatialVLM:
                 if unknown:
                     parsed.problems.append(f"words the built-in model does not know: {', '.join(unknown)}")
             elif nxt == tok.set_id:
+                set_reached = True
                 parsed.class_phrase = " ".join(words)
                 words = []
                 if ctx.dense is not None:  # the dense head lists the set; nothing left to decode

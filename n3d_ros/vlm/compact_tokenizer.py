@@ -77,6 +77,16 @@ class CompactTokenizer:
     def decode_words(self, ids: Sequence[int]) -> str:
         return " ".join(self.token(i) for i in ids)
 
+    def named_word_ids(self, text: str) -> set[int]:
+        """Ids of the words `text` names, each also in its singular form ("how many chairs" names
+        "chair"): the words an answer's phrases may use."""
+        from ..core.question_parser import pluralize
+        said = {self.token(i) for i in self.encode_words(text) if i != self.unk_id}
+        special = {self.pad_id, self.unk_id, self.bos_id, self.sep_id, self.eos_id, self.obj_id, self.set_id,
+                   *self.kind_ids.values()}
+        return {i for i, w in self._id_to_token.items()
+                if i not in special and (w in said or pluralize(w) in said)}
+
     def unknown_fraction(self, text: str) -> float:
         ids = self.encode_words(text)
         return sum(i == self.unk_id for i in ids) / max(1, len(ids))
