@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ds = GpuDataset(cfg, enc_cfg, dec_cfg, tok_path, print)
     params = list(enc.parameters()) + list(dec.parameters())
     t_compile = time.perf_counter()
+    # The flag passed only when set, so this script also profiles code from before it ("before" rows of
+    # benchmarks/results/train_h100_fast_loop.md).
     passes = compile_for_training(enc, dec, a.compile, **({"channels_last": True} if a.channels_last else {}))
     opt = torch.optim.AdamW(params, lr=1e-4, fused=a.device.startswith("cuda"))
     rng = np.random.default_rng(0)

@@ -37,6 +37,10 @@ class CompactTokenizer:
         self.kind_ids = {QuestionKind(t[3:-1]): vocab[t] for t in KIND_TOKENS}
         self.id_to_kind = {v: k for k, v in self.kind_ids.items()}
         self._id_to_token = {v: k for k, v in vocab.items()}
+        # Plain words (no special or kind token), each with its plural: named_word_ids reads a question by them.
+        from ..core.question_parser import pluralize
+        special = {vocab[t] for t in SPECIAL_TOKENS + KIND_TOKENS}
+        self._word_forms = {i: (w, pluralize(w)) for i, w in self._id_to_token.items() if i not in special}
 
     # ------------------------------------------------------------------ build / io
     @classmethod
@@ -79,13 +83,9 @@ class CompactTokenizer:
 
     def named_word_ids(self, text: str) -> set[int]:
         """Ids of the words `text` names, each also in its singular form ("how many chairs" names
-        "chair"): the words an answer's phrases may use."""
-        from ..core.question_parser import pluralize
+        "chair"): the words a set question's class phrase may use."""
         said = {self.token(i) for i in self.encode_words(text) if i != self.unk_id}
-        special = {self.pad_id, self.unk_id, self.bos_id, self.sep_id, self.eos_id, self.obj_id, self.set_id,
-                   *self.kind_ids.values()}
-        return {i for i, w in self._id_to_token.items()
-                if i not in special and (w in said or pluralize(w) in said)}
+        return {i for i, (w, plural) in self._word_forms.items() if w in said or plural in said}
 
     def unknown_fraction(self, text: str) -> float:
         ids = self.encode_words(text)
