@@ -171,6 +171,7 @@ def test_depth_of_the_wrong_size_is_a_clear_error(pipe, frame):
                                               ({"phrase_grounding": "magic"}, "phrase_grounding"),
                                               ({"overlap_nms": 0.0}, "overlap_nms"),
                                               ({"mirror_average": True}, "mirror_average"),
+                                              ({"ensemble": "other_model"}, "ensemble"),
                                               ({"overlap_nm": 0.3}, "unknown inference settings")])
 def test_bad_inference_settings_are_load_errors(tmp_path, inference, match):
     from n3d_ros.vlm.compact_backend import CompactSpatialVLM
@@ -286,6 +287,80 @@ def test_mirror_average_makes_detection_mirror_symmetric(tmp_path):
     np.testing.assert_allclose(a, b, atol=0.02)
     (labels_c, c), (labels_d, d) = detections("off")
     assert labels_c != labels_d or not np.allclose(c, d, atol=0.02)
+
+
+def test_ensemble_maps_read_each_models_box_depths_against_its_own_reference():
+    """A box depth is log(depth / the patch's reference depth), and each model's reference comes from its own
+    point map: two models that agree on an object's depth but not on the patch's must average to that depth."""
+    import torch
+    from n3d_ros.vlm.compact_backend import _average_dense, _DenseMaps
+    N, K, C = 6, 2, 3
+    g = torch.Generator().manual_seed(0)
+    box = torch.randn(N, K, 8, generator=g, dtype=torch.float32)
+    box[..., 6:] = torch.nn.functional.normalize(box[..., 6:], dim=-1)
+    log_z = box[..., 2].clone()                                    # log of each box's depth (metres)
+    z_a, z_b = np.linspace(1.0, 3.0, N), np.linspace(1.5, 2.0, N)  # the two models' reference depths
+    a, b = box.clone(), box.clone()
+    a[..., 2] = log_z - torch.from_numpy(np.log(z_a)).float()[:, None]
+    b[..., 2] = log_z - torch.from_numpy(np.log(z_b)).float()[:, None]
+    heat_a, heat_b = torch.rand(N, K, generator=g), torch.rand(N, K, generator=g)
+    col_a, col_b = torch.rand(N, K, C, generator=g).softmax(-1), torch.rand(N, K, C, generator=g).softmax(-1)
+    up_a, up_b = np.array([0.0, -1.0, 0.0]), np.array([0.0, -0.8, -0.6])
+    avg = _average_dense([_DenseMaps(heat_a, col_a, a, z_a, up_a), _DenseMaps(heat_b, col_b, b, z_b, up_b)])
+    np.testing.assert_allclose((avg.box[..., 2] + torch.from_numpy(np.log(z_a)).float()[:, None]).numpy(),
+                               log_z.numpy(), atol=1e-5)
+    np.testing.assert_allclose(avg.box[..., :2].numpy(), box[..., :2].numpy(), atol=1e-6)
+    np.testing.assert_allclose(avg.heat.numpy(), ((heat_a + heat_b) / 2).numpy(), atol=1e-7)
+    np.testing.assert_allclose(avg.colour.numpy(), ((col_a + col_b) / 2).numpy(), atol=1e-7)
+    np.testing.assert_allclose(avg.box[..., 6:].norm(dim=-1).numpy(), 1.0, atol=1e-6)
+    np.testing.assert_allclose(avg.up, (up_a + up_b) / np.linalg.norm(up_a + up_b))
+    np.testing.assert_array_equal(avg.z_ref, z_a)
+
+
+def test_an_ensemble_of_the_model_with_itself_finds_what_the_model_finds(tmp_path):
+    """inference.ensemble runs each member on the frame and averages the maps: with the model itself as
+    the member the average is the model's own maps, so the answer must not change."""
+    from n3d_ros.sim.render import render
+    from n3d_ros.sim.world import generate_scene
+    from n3d_ros.vlm.contract import SceneInput
+    scene = generate_scene(1_000_007)
+    view = render([scene]).numpy(0)
+    frame = SceneInput(view.rgb, scene.camera)
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "pair").mkdir()
+    alone = _vlm_with(tmp_path / "alone")
+    pair = _vlm_with(tmp_path / "pair", ensemble=["../alone"])
+    try:
+        assert [m.model_dir for m in pair.members] == [tmp_path / "pair" / "../alone"]
+        assert pair.inference_settings["ensemble"] == [str(tmp_path / "pair" / "../alone")]
+        a, b = alone.detect(frame), pair.detect(frame)
+        assert len(a.objects) >= 3 and [o.label for o in a.objects] == [o.label for o in b.objects]
+        np.testing.assert_allclose([o.box.center for o in a.objects], [o.box.center for o in b.objects], atol=1e-5)
+        np.testing.assert_allclose([o.score for o in a.objects], [o.score for o in b.objects], atol=1e-6)
+        assert pair.ground(frame, "How far is the chair from the camera?").raw_text == \
+            alone.ground(frame, "How far is the chair from the camera?").raw_text
+    finally:
+        alone.close()
+        pair.close()
+
+
+def test_ensemble_members_must_line_up_with_the_model(tmp_path):
+    from n3d_ros.vlm.compact_backend import CompactSpatialVLM
+    member = tmp_path / "member"
+    member.mkdir()
+    _vlm_with(member).close()
+    cfg = json.loads((member / "config.json").read_text())
+    cfg["decoder"]["kinds"] = cfg["decoder"]["kinds"][::-1]       # same shapes, other kinds per channel
+    (member / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "main").mkdir()
+    with pytest.raises(ModelLoadError, match="does not match"):
+        _vlm_with(tmp_path / "main", ensemble=[str(member)])
+    cfg["decoder"]["kinds"] = cfg["decoder"]["kinds"][::-1]
+    cfg["inference"]["ensemble"] = [str(default_model_dir())]
+    (member / "config.json").write_text(json.dumps(cfg))
+    CompactSpatialVLM(member, device="cpu", geometry_backend="torch").close()   # a valid ensemble itself
+    with pytest.raises(ModelLoadError, match="ensemble of its own"):
+        _vlm_with(tmp_path / "main", ensemble=[str(member)])
 
 
 def test_mirrored_encoding_is_the_encoding_of_the_mirrored_grid_input():

@@ -8,6 +8,10 @@ Model folder layout (models/n3d_compact):
   encoder.safetensors  the same weights for the PyTorch backend
   decoder.safetensors  decoder with grounding heads
   tokenizer.json       word-level tokenizer
+
+`inference.ensemble` may name other compact model folders (relative to this one) trained for the same grid,
+kinds and colours: their dense maps are averaged with this model's (`_average_dense`), the way the mirrored
+image's are. This model's decoder still writes the question's kind and phrases.
 """
 from __future__ import annotations
 
@@ -49,6 +53,9 @@ DEFAULT_INFERENCE = {
     # "off", "depth" (frames with measured depth) or "always". Chosen for v5 on validation seeds:
     # QA 0.769 / 0.825 -> 0.783 / 0.849, AP3D@0.25 0.368 / 0.701 -> 0.388 / 0.712 (monocular / depth).
     "mirror_average": "always",
+    # Other model folders (relative to this one, or absolute) whose dense maps are averaged with this model's:
+    # independently trained models misjudge an object's range differently, so their mean is closer.
+    "ensemble": [],
 }
 MIRROR_AVERAGE = ("off", "depth", "always")
 
@@ -96,12 +103,66 @@ class _Encoded:
                                                                           # points, valid (mirror_average)
 
 
+@dataclass(frozen=True)
+class _DenseMaps:
+    """One pass's dense head as probabilities: heat (N,K), colour (N,K,C), box parameters (N,K,8), with
+    the box depths read against `z_ref` (N,) metres, and the pass's up vector (3,)."""
+    heat: torch.Tensor
+    colour: torch.Tensor
+    box: torch.Tensor
+    z_ref: np.ndarray
+    up: np.ndarray
+
+
+def _dense_maps(dec: CompactSpatialDecoder, state, z_ref: np.ndarray) -> _DenseMaps:
+    heat, colour, box = dec.dense(state.image_out, state.geo)
+    return _DenseMaps(torch.sigmoid(heat[0].float()), colour[0].float().softmax(-1), box[0].float(), z_ref,
+                      state.up[0].double().cpu().numpy())
+
+
+def _average_dense(maps: Sequence[_DenseMaps]) -> _DenseMaps:
+    """The mean of passes over one frame (the mirrored image's maps turned back first; other models'),
+    read against the first one's reference depths: a box depth is log(depth / the patch's reference
+    depth), so each other pass's is re-expressed by log(its z_ref / the first's) before averaging. The
+    yaw's (sin, cos) is renormalized and the up vectors' mean made unit length."""
+    first = maps[0]
+    boxes = [first.box]
+    for m in maps[1:]:
+        shift = np.log(np.maximum(m.z_ref, 0.05) / np.maximum(first.z_ref, 0.05))
+        b = m.box.clone()
+        b[..., 2] += torch.from_numpy(shift).to(b.device, b.dtype)[:, None]
+        boxes.append(b)
+    n = len(maps)
+    box = sum(boxes[1:], boxes[0]) / n
+    box = torch.cat([box[..., :6], torch.nn.functional.normalize(box[..., 6:], dim=-1, eps=1e-6)], -1)
+    up = sum((m.up for m in maps[1:]), first.up)
+    return _DenseMaps(sum((m.heat for m in maps[1:]), first.heat) / n,
+                      sum((m.colour for m in maps[1:]), first.colour) / n, box, first.z_ref,
+                      up / max(float(np.linalg.norm(up)), 1e-12))
+
+
 def _reference_depths(patch_pts: torch.Tensor, valid: torch.Tensor, patch: int) -> np.ndarray:
     """(N,) depth a patch's box depth is read against (`target_to_box`): the patch's mean depth where
     it has geometry, else the median of those that have (2 m in a frame without any)."""
     patch_z = patch_pts[0, :, 2].cpu().numpy()
     has = torch.nn.functional.avg_pool2d(valid.float(), patch).flatten().cpu().numpy() > 0.05
     return np.where(has, patch_z, float(np.median(patch_z[has])) if has.any() else 2.0)
+
+
+def _frame_dense(dec: CompactSpatialDecoder, cfg: CompactVLMConfig, state, z_ref: np.ndarray,
+                 mirror=None) -> _DenseMaps:
+    """A model's dense maps of a frame; with `mirror` (its mirrored image's prefill state, patch points and
+    validity), averaged with the mirrored image's maps turned back (patch columns reversed, du and yaw
+    negated), whose box depths are read against its own reference depths."""
+    maps = _dense_maps(dec, state, z_ref)
+    if mirror is None:
+        return maps
+    m_state, m_pts, m_valid = mirror
+    m = _dense_maps(dec, m_state, mirror_patch_maps(
+        torch.from_numpy(_reference_depths(m_pts, m_valid, cfg.patch)), cfg.grid_h, cfg.grid_w).numpy())
+    back = lambda t: mirror_patch_maps(t, cfg.grid_h, cfg.grid_w)  # noqa: E731
+    m = replace(m, heat=back(m.heat), colour=back(m.colour), box=mirror_box_params(back(m.box)))
+    return replace(_average_dense([maps, m]), up=maps.up)   # the up vector stays this image's
 
 
 class _Grounder:
@@ -114,7 +175,7 @@ class _Grounder:
     """
 
     def __init__(self, vlm: "CompactSpatialVLM", state, patch_pts: torch.Tensor, enc: _Encoded,
-                 scene: SceneInput, mirror=None) -> None:
+                 scene: SceneInput, mirror=None, members: Sequence[_DenseMaps] = ()) -> None:
         cfg = vlm.dec_cfg
         self.dec, self.cfg, self.state, self.enc, self.scene = vlm.decoder, cfg, state, enc, scene
         self.threshold = vlm.detection_threshold
@@ -125,26 +186,11 @@ class _Grounder:
         self.snap = enc.measured if vlm.snap_to_depth else None
         self.dense = None
         if cfg.has_dense_head:
-            heat, colour, box = self.dec.dense(state.image_out, state.geo)
-            heat, colour, box = torch.sigmoid(heat[0].float()), colour[0].float().softmax(-1), box[0].float()
-            if mirror is not None:
-                # The mirrored image's maps, turned back (patch columns reversed, du and yaw negated), and
-                # averaged with these: probabilities, and box parameters (sin/cos 2yaw renormalized). Its
-                # box depths are read against its own reference depths: re-expressed against these first.
-                m_state, m_pts, m_valid = mirror
-                heat_m, colour_m, box_m = self.dec.dense(m_state.image_out, m_state.geo)
-                back = lambda t: mirror_patch_maps(t[0].float(), cfg.grid_h, cfg.grid_w)  # noqa: E731
-                box_m = mirror_box_params(back(box_m))
-                z_ref_m = mirror_patch_maps(torch.from_numpy(_reference_depths(m_pts, m_valid, cfg.patch)),
-                                            cfg.grid_h, cfg.grid_w).numpy()
-                shift = np.log(np.maximum(z_ref_m, 0.05) / np.maximum(self.z_ref, 0.05))
-                shift = torch.from_numpy(shift).to(box.device, box.dtype)
-                box_m[..., 2] += shift[:, None]
-                heat = (heat + torch.sigmoid(back(heat_m))) / 2
-                colour = (colour + back(colour_m).softmax(-1)) / 2
-                box = (box + box_m) / 2
-                box = torch.cat([box[..., :6], torch.nn.functional.normalize(box[..., 6:], dim=-1, eps=1e-6)], -1)
-            self.dense = (heat, colour.clamp_min(1e-12).log(), box)
+            maps = _frame_dense(self.dec, cfg, state, self.z_ref, mirror)
+            if members:   # other models' maps of this frame (inference.ensemble)
+                maps = _average_dense([maps, *members])
+                self.up = maps.up
+            self.dense = (maps.heat, maps.colour.clamp_min(1e-12).log(), maps.box)
 
     def _object(self, patch: int, params: np.ndarray, label: str, score: float, index: int) -> GroundedObject:
         return self._finish(self._snapped([self._raw_box(patch, params)])[0], label, score, index)
@@ -262,6 +308,9 @@ class CompactSpatialVLM:
         if self.mirror_average not in MIRROR_AVERAGE:
             raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.mirror_average must be one of "
                                  f"{MIRROR_AVERAGE}, got {self.mirror_average!r}")
+        if not isinstance(inference["ensemble"], list) or not all(isinstance(m, str) for m in inference["ensemble"]):
+            raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.ensemble must be a list of model "
+                                 f"folders, got {inference['ensemble']!r}")
         if self.phrase_grounding not in ("dense", "pointer"):
             raise ModelLoadError(f"{self.model_dir / 'config.json'}: inference.phrase_grounding must be 'dense' or "
                                  f"'pointer', got {self.phrase_grounding!r}")
@@ -284,13 +333,42 @@ class CompactSpatialVLM:
         # planner asking "where", then "how far") pay for focal normalization and the encoder once.
         self.encode_cache = bool(encode_cache)
         self._cached: tuple[tuple, _Encoded] | None = None
+        self.members = [self._member(self.model_dir / m, geometry_backend=geometry_backend, precision=precision,
+                                     engine_cache_dir=engine_cache_dir) for m in inference["ensemble"]]
+
+    def _member(self, model_dir: Path, **options) -> "CompactSpatialVLM":
+        """An `inference.ensemble` model: its dense maps must line up with this model's, patch for patch
+        and kind for kind."""
+        if not self.dec_cfg.has_dense_head:
+            raise ModelLoadError(f"{self.model_dir}: inference.ensemble needs a model with a dense head")
+        member = CompactSpatialVLM(model_dir, device=self.device, encode_cache=self.encode_cache, **options)
+        mine, theirs = self.dec_cfg, member.dec_cfg
+        keys = ("grid_h", "grid_w", "patch", "kinds", "colours")
+        if any(getattr(mine, k) != getattr(theirs, k) for k in keys):
+            member.close()
+            raise ModelLoadError(f"ensemble member {model_dir} does not match {self.model_dir}: "
+                                 f"{', '.join(f'{k} {getattr(theirs, k)} vs {getattr(mine, k)}' for k in keys)}")
+        if member.members:
+            member.close()
+            raise ModelLoadError(f"ensemble member {model_dir} names an ensemble of its own")
+        return member
+
+    def _dense_of(self, scene: SceneInput, question: str) -> _DenseMaps:
+        """This model's (mirror-averaged) dense maps of `scene` for `question`: what an ensemble averages."""
+        enc = self._encode(scene)
+        state, patch_pts = self.decoder.prefill(enc.features, enc.points, enc.valid, self._question_ids(question),
+                                                measured=enc.measured is not None)
+        return _frame_dense(self.decoder, self.dec_cfg, state, _reference_depths(patch_pts, enc.valid,
+                                                                                 self.dec_cfg.patch),
+                            self._mirror_state(enc, question))
 
     @property
     def inference_settings(self) -> dict:
         """The model folder's inference settings in force (recorded with benchmark results)."""
         return {"model_dir": str(self.model_dir), "detection_threshold": self.detection_threshold,
                 "phrase_grounding": self.phrase_grounding, "snap_to_depth": self.snap_to_depth,
-                "overlap_nms": self.overlap_nms, "mirror_average": self.mirror_average}
+                "overlap_nms": self.overlap_nms, "mirror_average": self.mirror_average,
+                "ensemble": [str(m.model_dir) for m in self.members]}
 
     # ------------------------------------------------------------------ geometry
     def _encode(self, scene: SceneInput) -> _Encoded:
@@ -342,16 +420,10 @@ class CompactSpatialVLM:
     def _decode(self, enc: _Encoded, question: str, forced_labels: Sequence[str],
                 scene: SceneInput) -> Grounding:
         tok, dec, cfg = self.tokenizer, self.decoder, self.dec_cfg
-        q = tok.encode_words(question)[: cfg.max_question_len]
-        if not q:
-            q = [tok.unk_id]
-        q_ids = torch.tensor([q], device=self.device)
-        state, patch_pts = dec.prefill(enc.features, enc.points, enc.valid, q_ids, measured=enc.measured is not None)
-        mirror = None
-        if enc.mirror is not None:
-            m_state, m_pts = dec.prefill(*enc.mirror, q_ids, measured=enc.measured is not None)
-            mirror = (m_state, m_pts, enc.mirror[2])
-        ctx = _Grounder(self, state, patch_pts, enc, scene, mirror)
+        state, patch_pts = dec.prefill(enc.features, enc.points, enc.valid, self._question_ids(question),
+                                       measured=enc.measured is not None)
+        members = [m._dense_of(scene, question) for m in self.members]
+        ctx = _Grounder(self, state, patch_pts, enc, scene, self._mirror_state(enc, question), members)
 
         parsed = ParsedOutput()
         objects: list[GroundedObject] = []
@@ -421,6 +493,18 @@ class CompactSpatialVLM:
         spec = parsed.spec()
         return Grounding(objects=objects, spec=spec, raw_text=" ".join(text), problems=parsed.problems, up=ctx.up)
 
+    def _question_ids(self, question: str) -> torch.Tensor:
+        q = self.tokenizer.encode_words(question)[: self.dec_cfg.max_question_len]
+        return torch.tensor([q or [self.tokenizer.unk_id]], device=self.device)
+
+    def _mirror_state(self, enc: _Encoded, question: str):
+        """(prefill state, patch points, validity) of the mirrored image, None without mirror averaging."""
+        if enc.mirror is None:
+            return None
+        m_state, m_pts = self.decoder.prefill(*enc.mirror, self._question_ids(question),
+                                              measured=enc.measured is not None)
+        return m_state, m_pts, enc.mirror[2]
+
     def _forced_tokens(self, kind: QuestionKind | None, labels: Sequence[str]) -> list[int]:
         """When the caller names the phrases to ground, feed them instead of letting the model pick."""
         tok = self.tokenizer
@@ -470,6 +554,8 @@ class CompactSpatialVLM:
                              problems=list(grounding.problems))
 
     def close(self) -> None:
+        for m in self.members:
+            m.close()
         self._cached = None
         self.encoder.close()
         self.decoder = None  # type: ignore[assignment]
