@@ -246,7 +246,8 @@ def _vlm_with(tmp_path, **inference):
     for f in ("config.json", "decoder.safetensors", "tokenizer.json", "encoder.safetensors"):
         shutil.copy(default_model_dir() / f, tmp_path / f)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["inference"] = cfg.get("inference", {}) | inference
+    # The shipped model's own settings, without its ensemble member (a folder beside its files, not copied).
+    cfg["inference"] = cfg.get("inference", {}) | {"ensemble": []} | inference
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     return CompactSpatialVLM(tmp_path, device="cpu", geometry_backend="torch")
 
@@ -387,3 +388,21 @@ def test_mirrored_encoding_is_the_encoding_of_the_mirrored_grid_input():
     np.testing.assert_allclose(out.features[:1], plain.features, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out.features[1:], want["features"], rtol=1e-4, atol=1e-5)
     assert not np.allclose(out.features[1:], plain.features, rtol=1e-2, atol=1e-3)
+
+
+def test_the_built_in_model_runs_alone_unless_its_second_model_is_asked_for():
+    """models/n3d_compact ships its ensemble member in member_b/ but runs alone by default (half the cost);
+    PipelineConfig.ensemble (the node's `ensemble` parameter, n3d-bench --ensemble) turns the average on."""
+    assert PipelineConfig().ensemble_members() is None
+    assert PipelineConfig(ensemble="none").ensemble_members() == []
+    assert PipelineConfig(ensemble=" member_b, ../other ").ensemble_members() == ["member_b", "../other"]
+    alone = SpatialPipeline(PipelineConfig(device="cpu"))
+    pair = SpatialPipeline(PipelineConfig(device="cpu", ensemble="member_b"))
+    try:
+        assert alone.vlm.members == [] and alone.vlm.inference_settings["ensemble"] == []
+        assert [m.model_dir for m in pair.vlm.members] == [default_model_dir() / "member_b"]
+    finally:
+        alone.close()
+        pair.close()
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        SpatialPipeline(PipelineConfig(device="cpu", ensemble="no_such_member"))

@@ -517,15 +517,17 @@ def _script_flags(text: str) -> dict[str, str]:
     return {k.replace("-", "_"): v for k, v in tokens}
 
 
-def test_shipped_model_was_trained_by_the_committed_recipe():
-    """The shipped weights' training record must show the recipe script's settings, stage by stage
-    (a weight file from another command would make the model card's command wrong)."""
+@pytest.mark.parametrize("folder", ["n3d_compact", "n3d_compact/member_b"])
+def test_shipped_model_was_trained_by_the_committed_recipe(folder):
+    """The shipped weights' training record (the model's and its ensemble member's) must show the recipe
+    script's settings, stage by stage (a weight file from another command would make the model card's
+    command wrong)."""
     root = Path(__file__).resolve().parents[1]
     script = (root / "scripts" / "train_builtin_model.sh").read_text()
     common = _script_flags(script.split("common=(", 1)[1].split(")\ncase", 1)[0])
     stages = {"1": _script_flags(script.split("  1) ", 1)[1].split(";;", 1)[0]),
               "2": _script_flags(script.split("  2) ", 1)[1].split(";;", 1)[0])}
-    runs = json.loads((root / "models" / "n3d_compact" / "training_state.json").read_text())["state"]["runs"]
+    runs = json.loads((root / "models" / folder / "training_state.json").read_text())["state"]["runs"]
     assert len(runs) == 2
     for run, stage in zip(runs, ("1", "2")):
         cfg = run["config"]

@@ -35,6 +35,9 @@ class PipelineConfig:
     max_new_tokens: int = 256        # generation limit of the large checkpoints
     moge_onnx: str = ""              # n3d_vlm: MoGe-2 ONNX geometry encoder ("" = built-in encoder)
     encode_cache: bool = True        # compact: reuse the last frame's encoding for the same frame
+    # compact: model folders (comma-separated, relative to the model folder) whose dense maps are averaged
+    # with the model's; "" = the folder's own inference.ensemble, "none" = the model alone
+    ensemble: str = ""
 
     def __post_init__(self) -> None:
         problems = []
@@ -51,6 +54,14 @@ class PipelineConfig:
         if problems:
             raise ValueError("invalid pipeline configuration: " + "; ".join(problems))
 
+    def ensemble_members(self) -> list[str] | None:
+        """`ensemble` as CompactSpatialVLM takes it: None = the folder's own setting, [] = none."""
+        if not self.ensemble.strip():
+            return None
+        if self.ensemble.strip() == "none":
+            return []
+        return [m.strip() for m in self.ensemble.split(",") if m.strip()]
+
     def resolved_device(self) -> str:
         if self.device != "auto":
             return self.device
@@ -64,7 +75,8 @@ def load_backend(cfg: PipelineConfig) -> SpatialVLM:
         from ..vlm.compact_backend import CompactSpatialVLM
         return CompactSpatialVLM(cfg.model_dir or None, device=device, geometry_backend=cfg.geometry,
                                  precision="fp32" if device == "cpu" else cfg.precision,
-                                 engine_cache_dir=cfg.engine_cache_dir, encode_cache=cfg.encode_cache)
+                                 engine_cache_dir=cfg.engine_cache_dir, encode_cache=cfg.encode_cache,
+                                 ensemble=cfg.ensemble_members())
     dtype = "fp32" if device == "cpu" else cfg.precision
     from ..vlm.hf_loading import validate_checkpoint_dir
     # Check the folder before loading anything else, so a wrong path fails in milliseconds.

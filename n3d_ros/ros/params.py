@@ -28,6 +28,7 @@ class NodeParams:
     device: str = "auto"                  # auto | cpu | cuda
     precision: str = "fp32"               # fp32 | fp16 | bf16
     engine_cache_dir: str = ""            # TensorRT engine cache; "" = the pipeline's default
+    ensemble: str = ""                    # compact: "" = the model folder's setting, "none", or "member_b"
     max_new_tokens: int = 256             # decoding budget per answer, tokens
     warmup: bool = True                   # one dummy inference on activation
     # inputs
@@ -93,6 +94,7 @@ def problems(p: NodeParams) -> list[str]:
         _choice("device", p.device, DEVICES),
         _choice("precision", p.precision, PRECISIONS),
         _string("engine_cache_dir", p.engine_cache_dir),
+        _string("ensemble", p.ensemble),
         _int_range("max_new_tokens", p.max_new_tokens, 1, 4096),
         _bool("warmup", p.warmup),
         _choice("image_reliability", p.image_reliability, RELIABILITIES),

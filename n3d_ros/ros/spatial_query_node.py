@@ -74,7 +74,7 @@ def pipeline_config(p: node_params.NodeParams):
     from ..pipeline.spatial_pipeline import PipelineConfig
     return PipelineConfig(backend=p.backend, model_dir=p.model_dir, geometry=p.geometry_backend,
                           device=p.device, precision=p.precision, engine_cache_dir=p.engine_cache_dir,
-                          max_new_tokens=p.max_new_tokens)
+                          max_new_tokens=p.max_new_tokens, ensemble=p.ensemble)
 
 
 def request_problem(question: str, targets: Sequence[str], target_frame: str,

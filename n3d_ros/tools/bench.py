@@ -40,6 +40,7 @@ class BenchOptions:
     geometry: str = "auto"
     precision: str = "fp32"
     encode_cache: bool = True        # compact: follow-up questions reuse the frame's encoding
+    ensemble: str = ""               # compact: PipelineConfig.ensemble ("" = the model folder's setting)
     out: str = ""                    # JSON path; "" = do not write
 
     def __post_init__(self) -> None:
@@ -134,6 +135,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchOptions:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
     p.add_argument("--no-encode-cache", action="store_true",
                    help="encode the frame again for every question (default: once per frame)")
+    p.add_argument("--ensemble", default="",
+                   help="compact: model folders to average with, comma-separated, relative to the model folder "
+                        "('member_b' for the built-in model's second model; 'none': alone; '' = the folder's setting)")
     p.add_argument("--out", default="", help="write the full report as JSON here")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {QUICK['scenes']} scenes, {QUICK['questions_per_scene']} questions "
@@ -146,7 +150,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchOptions:
                         modes=tuple(a.modes), prompt_labels=a.prompt_labels,
                         prompt_targets=a.prompt_targets, device=a.device,
                         backend=a.backend, model_dir=a.model_dir, geometry=a.geometry, precision=a.precision,
-                        encode_cache=not a.no_encode_cache, out=a.out)
+                        encode_cache=not a.no_encode_cache, ensemble=a.ensemble, out=a.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pipe = SpatialPipeline(PipelineConfig(backend=opts.backend, model_dir=opts.model_dir,
                                               geometry=opts.geometry, device=opts.device,
-                                              precision=opts.precision, encode_cache=opts.encode_cache))
+                                              precision=opts.precision, encode_cache=opts.encode_cache,
+                                              ensemble=opts.ensemble))
     except (ModelLoadError, ValueError) as exc:
         print(f"n3d-bench: cannot load the pipeline: {exc}", file=sys.stderr)
         return 2

@@ -280,7 +280,9 @@ class CompactSpatialVLM:
 
     def __init__(self, model_dir: str | Path | None = None, *, device: str = "cpu",
                  geometry_backend: str = "auto", precision: str = "fp32", engine_cache_dir: str = "",
-                 encode_cache: bool = True) -> None:
+                 encode_cache: bool = True, ensemble: Sequence[str] | None = None) -> None:
+        """ensemble: model folders (relative to this one) to average with, in place of the folder's own
+        `inference.ensemble` (None: the folder's; [] none)."""
         from ..geometry.factory import make_encoder
         from ..geometry.checkpoint_io import load_safetensors
 
@@ -294,6 +296,8 @@ class CompactSpatialVLM:
             raise ModelLoadError(f"{self.model_dir / 'config.json'}: unknown inference settings {unknown}; "
                                  f"known: {sorted(DEFAULT_INFERENCE)}")
         inference = DEFAULT_INFERENCE | cfg.get("inference", {})
+        if ensemble is not None:
+            inference["ensemble"] = list(ensemble)
         self.detection_threshold = inference["detection_threshold"]
         self.phrase_grounding = inference["phrase_grounding"]
         self.snap_to_depth = bool(inference["snap_to_depth"])   # core.box_refine.snap_to_depth
@@ -341,7 +345,8 @@ class CompactSpatialVLM:
         and kind for kind."""
         if not self.dec_cfg.has_dense_head:
             raise ModelLoadError(f"{self.model_dir}: inference.ensemble needs a model with a dense head")
-        member = CompactSpatialVLM(model_dir, device=self.device, encode_cache=self.encode_cache, **options)
+        member = CompactSpatialVLM(model_dir, device=self.device, encode_cache=self.encode_cache, ensemble=None,
+                                   **options)
         mine, theirs = self.dec_cfg, member.dec_cfg
         keys = ("grid_h", "grid_w", "patch", "kinds", "colours")
         if any(getattr(mine, k) != getattr(theirs, k) for k in keys):
