@@ -18,6 +18,7 @@ from n3d_ros.vlm.contract import ModelLoadError
     (dict(geometry="openvino"), "geometry='openvino'"),
     (dict(backend="n3d_vlm"), "needs model_dir"),
     (dict(max_new_tokens=0), "max_new_tokens=0"),
+    (dict(backend="qwen3_vl", model_dir="/x", ensemble="member_b"), "only the compact backend"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -49,6 +49,8 @@ class PipelineConfig:
                 problems.append(f"{name}={value!r} (allowed: {', '.join(allowed)})")
         if self.backend != "compact" and not self.model_dir:
             problems.append(f"backend {self.backend} needs model_dir: a local checkpoint folder")
+        if self.backend != "compact" and self.ensemble.strip():
+            problems.append(f"ensemble={self.ensemble!r}: only the compact backend averages models")
         if not 1 <= int(self.max_new_tokens) <= 4096:
             problems.append(f"max_new_tokens={self.max_new_tokens} (allowed: 1..4096)")
         if problems:
