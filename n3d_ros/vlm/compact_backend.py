@@ -349,23 +349,23 @@ class CompactSpatialVLM:
                                    **options)
         mine, theirs = self.dec_cfg, member.dec_cfg
         keys = ("grid_h", "grid_w", "patch", "kinds", "colours")
+        problem = None
         if any(getattr(mine, k) != getattr(theirs, k) for k in keys):
+            problem = (f"does not match {self.model_dir}: "
+                       f"{', '.join(f'{k} {getattr(theirs, k)} vs {getattr(mine, k)}' for k in keys)}")
+        elif member.members:
+            problem = "names an ensemble of its own"
+        if problem:
             member.close()
-            raise ModelLoadError(f"ensemble member {model_dir} does not match {self.model_dir}: "
-                                 f"{', '.join(f'{k} {getattr(theirs, k)} vs {getattr(mine, k)}' for k in keys)}")
-        if member.members:
-            member.close()
-            raise ModelLoadError(f"ensemble member {model_dir} names an ensemble of its own")
+            raise ModelLoadError(f"ensemble member {model_dir} {problem}")
         return member
 
     def _dense_of(self, scene: SceneInput, question: str) -> _DenseMaps:
         """This model's (mirror-averaged) dense maps of `scene` for `question`: what an ensemble averages."""
         enc = self._encode(scene)
-        state, patch_pts = self.decoder.prefill(enc.features, enc.points, enc.valid, self._question_ids(question),
-                                                measured=enc.measured is not None)
-        return _frame_dense(self.decoder, self.dec_cfg, state, _reference_depths(patch_pts, enc.valid,
-                                                                                 self.dec_cfg.patch),
-                            self._mirror_state(enc, question))
+        state, patch_pts, mirror = self._prefill(enc, question)
+        return _frame_dense(self.decoder, self.dec_cfg, state,
+                            _reference_depths(patch_pts, enc.valid, self.dec_cfg.patch), mirror)
 
     @property
     def inference_settings(self) -> dict:
@@ -425,10 +425,9 @@ class CompactSpatialVLM:
     def _decode(self, enc: _Encoded, question: str, forced_labels: Sequence[str],
                 scene: SceneInput) -> Grounding:
         tok, dec, cfg = self.tokenizer, self.decoder, self.dec_cfg
-        state, patch_pts = dec.prefill(enc.features, enc.points, enc.valid, self._question_ids(question),
-                                       measured=enc.measured is not None)
+        state, patch_pts, mirror = self._prefill(enc, question)
         members = [m._dense_of(scene, question) for m in self.members]
-        ctx = _Grounder(self, state, patch_pts, enc, scene, self._mirror_state(enc, question), members)
+        ctx = _Grounder(self, state, patch_pts, enc, scene, mirror, members)
 
         parsed = ParsedOutput()
         objects: list[GroundedObject] = []
@@ -498,17 +497,17 @@ class CompactSpatialVLM:
         spec = parsed.spec()
         return Grounding(objects=objects, spec=spec, raw_text=" ".join(text), problems=parsed.problems, up=ctx.up)
 
-    def _question_ids(self, question: str) -> torch.Tensor:
+    def _prefill(self, enc: _Encoded, question: str):
+        """The prefix pass of `question` over the frame: (state, patch points, mirror), mirror being the
+        mirrored image's (state, patch points, validity) under mirror averaging, else None."""
         q = self.tokenizer.encode_words(question)[: self.dec_cfg.max_question_len]
-        return torch.tensor([q or [self.tokenizer.unk_id]], device=self.device)
-
-    def _mirror_state(self, enc: _Encoded, question: str):
-        """(prefill state, patch points, validity) of the mirrored image, None without mirror averaging."""
+        q_ids = torch.tensor([q or [self.tokenizer.unk_id]], device=self.device)
+        measured = enc.measured is not None
+        state, patch_pts = self.decoder.prefill(enc.features, enc.points, enc.valid, q_ids, measured=measured)
         if enc.mirror is None:
-            return None
-        m_state, m_pts = self.decoder.prefill(*enc.mirror, self._question_ids(question),
-                                              measured=enc.measured is not None)
-        return m_state, m_pts, enc.mirror[2]
+            return state, patch_pts, None
+        m_state, m_pts = self.decoder.prefill(*enc.mirror, q_ids, measured=measured)
+        return state, patch_pts, (m_state, m_pts, enc.mirror[2])
 
     def _forced_tokens(self, kind: QuestionKind | None, labels: Sequence[str]) -> list[int]:
         """When the caller names the phrases to ground, feed them instead of letting the model pick."""
