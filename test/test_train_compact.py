@@ -421,6 +421,69 @@ def test_a_resumed_stage_continues_with_the_saved_optimizer_state(tmp_path):
     assert not saved.exists()
 
 
+def test_weight_average_follows_its_decays():
+    from n3d_ros.tools.train_compact import WeightEMA, parse_ema_decays
+    lin = torch.nn.Linear(3, 2)
+    start = lin.weight.detach().clone()
+    ema = WeightEMA({"m": lin}, (0.9, 0.5))
+    expected = {d: start.clone() for d in ema.decays}
+    for n in range(30):
+        with torch.no_grad():
+            lin.weight.add_(1.0)
+        ema.update()
+        for d in ema.decays:
+            rate = min(d, (1 + n) / (10 + n))          # the ramp over the first updates, then the decay
+            expected[d] = rate * expected[d] + (1 - rate) * lin.weight.detach()
+    for d in ema.decays:
+        torch.testing.assert_close(ema.shadows[d]["m"]["weight"], expected[d])
+        assert ema.updates[d] == 30
+    # The slower average lags further behind the moving weights.
+    lag = {d: float((lin.weight.detach() - ema.shadows[d]["m"]["weight"]).mean()) for d in ema.decays}
+    assert lag[0.9] > lag[0.5] > 0
+    fresh = torch.nn.Linear(3, 2)
+    ema.copy_to(0.5, {"m": fresh})
+    torch.testing.assert_close(fresh.weight, ema.shadows[0.5]["m"]["weight"])
+    assert parse_ema_decays("") == () and parse_ema_decays("0.9995, 0.9998") == (0.9995, 0.9998)
+    for bad in ("1.0", "0.9,0.9", "x"):
+        with pytest.raises(ValueError, match="ema_decays"):
+            TrainConfig(ema_decays=bad)
+
+
+def test_weight_averages_are_model_folders_a_resumed_stage_continues(tmp_path):
+    from safetensors.torch import load_file
+    from n3d_ros.tools.train_compact import ema_folder
+    from n3d_ros.vlm.compact_backend import CompactSpatialVLM
+    out = tmp_path / "model"
+    base = TrainConfig(out=str(out), device="cpu", minutes=0.03, scenes=4, workers=1, render_batch=4,
+                       images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
+                       export_onnx=False, ema_decays="0.5,0.99")
+    first = train(replace(base, save_optimizer=True, lr_span_end=0.5, grid_width=256, grid_height=192, f0=192.0))
+    steps_1 = first["state"]["step"]
+    fast, slow = ema_folder(out, 0.5), ema_folder(out, 0.99)
+    assert fast.name == "ema_0.5" and slow.name == "ema_0.99"
+    raw = load_file(str(out / "decoder.safetensors"))
+    for folder in (fast, slow):
+        avg = load_file(str(folder / "decoder.safetensors"))
+        assert avg.keys() == raw.keys() and any(not torch.equal(avg[k], raw[k]) for k in raw)
+        record = json.loads((folder / "training_state.json").read_text())
+        assert record["weights"]["ema_updates"] == steps_1
+        assert json.loads((folder / "config.json").read_text())["training"]["weights"]["ema_decay"] in (0.5, 0.99)
+    slow_1 = load_file(str(slow / "decoder.safetensors"))
+    # Stage 2 keeps only the slow average, continued from stage 1's (its count goes on).
+    second = train(replace(base, resume=str(out), lr_span_start=0.5, warmup_steps=0, ema_decays="0.99"))
+    assert not fast.exists()                          # a stale average is not left beside the new weights
+    record = json.loads((slow / "training_state.json").read_text())
+    assert record["weights"]["ema_updates"] == second["state"]["step"] > steps_1
+    slow_2 = load_file(str(slow / "decoder.safetensors"))
+    # After the few stage-2 steps, a 0.99 average (ramp: ~0.5-0.6) is still near stage 1's average, not
+    # restarted at the resumed raw weights.
+    k = "lm_head.weight"
+    raw_2 = load_file(str(out / "decoder.safetensors"))[k]
+    assert (slow_2[k] - slow_1[k]).abs().mean() < (raw_2 - slow_1[k]).abs().mean()
+    vlm = CompactSpatialVLM(slow, device="cpu")       # an average is a model folder the backend loads
+    assert vlm.decoder.lm_head.weight.dtype == torch.float32
+
+
 def _mirrored_job(job):
     """A question job (render_scenes) of the same scene reflected in the camera's y-z plane."""
     from n3d_ros.core.box import Box3D

@@ -28,6 +28,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -106,8 +107,12 @@ class TrainConfig:
     f0: float = CompactEncoderConfig.f0
     mirror: bool = False             # mirror half of the images (and targets) each step: twice the scenes
     channels_last: bool = False      # encoder weights and inputs in NHWC: cuDNN's layout (no transposes)
+    # Comma-separated decays ("0.9995,0.9998"): also keep an exponential moving average of the weights per
+    # decay and write each as a model folder out/ema_<decay> (WeightEMA); "" = none.
+    ema_decays: str = ""
 
     def __post_init__(self) -> None:
+        parse_ema_decays(self.ema_decays)  # raises on a malformed list
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {self.compile!r}")
         if self.wall_minutes < 0:
@@ -122,6 +127,17 @@ class TrainConfig:
         if not 0.0 <= self.lr_span_start < self.lr_span_end <= 1.0:
             raise ValueError(f"need 0 <= lr_span_start < lr_span_end <= 1, got {self.lr_span_start}, "
                              f"{self.lr_span_end}")
+
+
+def parse_ema_decays(spec: str) -> tuple[float, ...]:
+    """"0.9995, 0.9998" -> (0.9995, 0.9998); each in (0, 1), none repeated."""
+    try:
+        decays = tuple(float(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"ema_decays must be comma-separated numbers, got {spec!r}") from None
+    if any(not 0.0 < d < 1.0 for d in decays) or len(set(decays)) != len(decays):
+        raise ValueError(f"ema_decays must be distinct numbers in (0, 1), got {spec!r}")
+    return decays
 
 
 # ----------------------------------------------------------------------------- data
@@ -744,6 +760,62 @@ def train_step(passes: TrainingPasses, ds: GpuDataset, batch, rng: torch.Generat
 EXPORT_RESERVE_S = 45.0
 
 
+def ema_folder(out: Path, decay: float) -> Path:
+    return Path(out) / f"ema_{decay:g}"
+
+
+class WeightEMA:
+    """Exponential moving averages of the trained parameters, one per decay, kept on the training
+    device and updated after every optimizer step.
+
+    Why: two models trained alike misjudged objects' ranges differently enough that the mean of their
+    maps found more objects (benchmarks/results/ensemble.md); an average of one run's weights along
+    its last thousands of steps smooths the noise of the last batches at no cost at inference. Each
+    decay ramps up as (1 + n) / (10 + n) over its first n updates, so the random initial weights fade
+    out instead of lingering in a slow average."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decays: tuple[float, ...]) -> None:
+        self.decays = tuple(decays)
+        self.updates = {d: 0 for d in self.decays}
+        self._live = {name: dict(m.named_parameters()) for name, m in modules.items()}
+        self._live_flat = [p for params in self._live.values() for p in params.values()]
+        self.shadows = {d: {name: {k: p.detach().clone() for k, p in params.items()}
+                            for name, params in self._live.items()} for d in self.decays}
+
+    def decay(self, d: float) -> float:
+        n = self.updates[d]
+        return min(d, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for d in self.decays:
+            shadow = [t for params in self.shadows[d].values() for t in params.values()]
+            # One multi-tensor kernel per decay: a loop over ~200 tensors would cost more than the step's launches.
+            torch._foreach_lerp_(shadow, self._live_flat, 1.0 - self.decay(d))
+            self.updates[d] += 1
+
+    @torch.no_grad()
+    def resume(self, d: float, folder: Path, updates: int) -> None:
+        """Continue the average of decay `d` from a model folder an earlier stage wrote (ema_folder)."""
+        from safetensors.torch import load_file
+        for name, shadow in self.shadows[d].items():
+            saved = load_file(str(Path(folder) / f"{name}.safetensors"))
+            missing = sorted(shadow.keys() - saved.keys())
+            if missing:
+                raise ValueError(f"{folder}: the saved average of the {name} lacks {missing[:5]}")
+            for k, t in shadow.items():
+                t.copy_(saved[k])
+        self.updates[d] = updates
+
+    @torch.no_grad()
+    def copy_to(self, d: float, modules: dict[str, torch.nn.Module]) -> None:
+        """Load the average of decay `d` into modules of the same architecture (e.g. fresh CPU ones)."""
+        for name, m in modules.items():
+            shadow = self.shadows[d][name]
+            for k, p in m.named_parameters():
+                p.copy_(shadow[k])
+
+
 def training_budget_s(cfg: TrainConfig, setup_s: float) -> float:
     """Seconds of optimization: `minutes`, cut so that a run with `wall_minutes` still ends in time
     after `setup_s` of scene generation (which varied 2x between lent hosts of one kind)."""
@@ -815,6 +887,13 @@ def train(cfg: TrainConfig) -> dict:
                             fused=cfg.device.startswith("cuda"))
     if cfg.resume and (Path(cfg.resume) / "optimizer.safetensors").is_file():
         _load_optimizer(opt, Path(cfg.resume) / "optimizer.safetensors")
+    ema = WeightEMA({"encoder": enc, "decoder": dec}, parse_ema_decays(cfg.ema_decays))
+    for d in ema.decays:
+        saved = ema_folder(Path(cfg.resume), d) if cfg.resume else None
+        if saved is not None and (saved / "encoder.safetensors").is_file():
+            ema.resume(d, saved, int(state.get("ema_updates", {}).get(f"{d:g}", 0)))
+        else:
+            log(f"weight average {d:g} starts from the {'resumed' if cfg.resume else 'initial'} weights")
     rng = np.random.default_rng(cfg.seed + state["step"])
     trng = torch.Generator(device=cfg.device)
     trng.manual_seed(cfg.seed + state["step"])
@@ -837,6 +916,8 @@ def train(cfg: TrainConfig) -> dict:
             ds.refresh(rng)
         stats = train_step(passes, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt, params,
                            amp=use_amp, mirror=cfg.mirror)
+        if ema.decays:
+            ema.update()
         step += 1
         for k, v in stats.items():
             agg[k] = agg.get(k, 0.0) + v
@@ -849,6 +930,8 @@ def train(cfg: TrainConfig) -> dict:
     ds.close()
     state["step"] = step
     state["next_scene_seed"] = ds.next_seed  # a resumed run should start its fresh scenes here
+    if ema.decays:
+        state["ema_updates"] = {f"{d:g}": n for d, n in ema.updates.items()}
     log(f"stopped at step {step} after {(time.time() - t_start) / 60:.1f} min")
     if cfg.save_optimizer:
         _save_optimizer(opt, out / "optimizer.safetensors")
@@ -859,6 +942,22 @@ def train(cfg: TrainConfig) -> dict:
     # The model folder doubles as the checkpoint: weights, tokenizer and this training record.
     (out / STATE_FILE).write_text(json.dumps(meta, indent=1))
     write_model_folder(out, enc, dec, tok, enc_cfg, dec_cfg, meta, export_onnx=cfg.export_onnx, log=log)
+    for stale in sorted(out.glob("ema_*")):
+        # An earlier stage's average of a decay this run did not keep would no longer match these weights.
+        if (stale / STATE_FILE).is_file() and stale.name not in {ema_folder(out, d).name for d in ema.decays}:
+            shutil.rmtree(stale)
+            log(f"removed {stale}: a weight average this run did not continue")
+    for d in ema.decays:
+        # Each average is a model folder of its own (the benchmark and the node load it as is); the
+        # training weights stay in `out`, which a resumed stage continues from.
+        avg_enc, avg_dec = CompactGeometryEncoder(enc_cfg), CompactSpatialDecoder(dec_cfg)
+        ema.copy_to(d, {"encoder": avg_enc, "decoder": avg_dec})
+        avg_meta = {**meta, "weights": {"ema_decay": d, "ema_updates": ema.updates[d]}}
+        folder = ema_folder(out, d)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STATE_FILE).write_text(json.dumps(avg_meta, indent=1))
+        write_model_folder(folder, avg_enc, avg_dec, tok, enc_cfg, dec_cfg, avg_meta, export_onnx=cfg.export_onnx,
+                           log=log)
     return meta
 
 
@@ -871,7 +970,8 @@ def write_model_folder(out: Path, enc, dec, tok: CompactTokenizer, enc_cfg, dec_
     save_safetensors(dec, out / "decoder.safetensors")
     tok.save(out / "tokenizer.json")
     config = {"format": "n3d_compact", "version": 1, "encoder": asdict(enc_cfg), "decoder": dec_cfg.to_dict(),
-              "training": {"steps": meta["state"]["step"], "last": meta["state"]["history"][-1:]}}
+              "training": {"steps": meta["state"]["step"], "last": meta["state"]["history"][-1:],
+                           **({"weights": meta["weights"]} if "weights" in meta else {})}}
     config["inference"] = dict(DEFAULT_INFERENCE)
     if (out / "config.json").is_file():  # keep inference settings tuned after training
         config["inference"] |= json.loads((out / "config.json").read_text()).get("inference", {})
