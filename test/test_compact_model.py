@@ -124,6 +124,23 @@ def test_phrase_class_reads_kind_and_colour(phrase, expected):
     assert phrase_class(phrase, KINDS, COLOURS) == expected
 
 
+@pytest.mark.parametrize("question, phrases, expected", [
+    # a colour copied from the other object while reordering: contradicts the question
+    ("At what o'clock is the blue chair from the red mug?", ["blue mug", "blue chair"], "blue mug"),
+    ("At what o'clock is the blue chair from the red mug?", ["red mug", "white chair"], "white chair"),
+    ("At what o'clock is the blue chair from the red mug?", ["red mug", "blue chair"], None),
+    ("Where is the mug?", ["white mug"], None),                    # a colour the model reads off the image
+    ("How far is the red mug from the mug?", ["blue mug", "red mug"], None),   # one mug is named bare
+    ("How far is the red mug from the blue mug?", ["blue mug", "red mug"], None),
+    ("How far is the red mug from the blue mug?", ["white mug", "red mug"], "white mug"),
+    ("Is the red chairs' shelf taller?", ["blue chair"], "blue chair"),         # plurals are read singular
+    ("Is the table taller than the box?", ["red table", "mug"], None),
+])
+def test_colour_contradiction_finds_a_phrase_whose_colour_the_question_denies(question, phrases, expected):
+    from n3d_ros.vlm.compact_targets import colour_contradiction
+    assert colour_contradiction(question, phrases, KINDS, COLOURS) == expected
+
+
 def test_heat_target_peaks_at_centre_patch_and_decays():
     from n3d_ros.vlm.compact_targets import dense_target, heat_target
     up = np.array([0.0, -1.0, 0.0])

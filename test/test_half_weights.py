@@ -71,3 +71,23 @@ def test_a_folder_is_not_halved_onto_itself(folders):
     src, _, _ = folders
     with pytest.raises(ValueError, match="somewhere else"):
         half_model_folder(src, src)
+
+
+def test_a_folder_without_onnx_gets_one_from_the_rounded_weights(folders, tmp_path):
+    from dataclasses import asdict
+    src, _, enc = folders
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    save_safetensors(enc, bare / "encoder.safetensors")
+    (bare / "config.json").write_text(json.dumps({"format": "n3d_compact", "encoder": asdict(CFG)}))
+    out = tmp_path / "out"
+    half_model_folder(bare, out)
+    model = onnx.load(str(out / "encoder.onnx"))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    rounded = load_safetensors(CompactGeometryEncoder(CFG).eval(), out / "encoder.safetensors")
+    image, rays = torch.rand(1, 3, 80, 112), torch.randn(1, 2, 80, 112) * 0.4
+    with torch.no_grad():
+        want = [t.numpy() for t in rounded(image, rays)]
+    sess = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    for g, w in zip(sess.run(NAMES_OUT, {"image": image.numpy(), "rays": rays.numpy()}), want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

@@ -119,6 +119,29 @@ def test_an_output_that_makes_no_question_is_grounded_from_the_question(pipe, fr
     assert res.success and calls == [("red cabinet", "pink shelf")]   # the caller's phrases: no second pass
 
 
+def test_phrases_the_question_contradicts_are_grounded_from_the_question(pipe, frame, monkeypatch):
+    """A decoder that copies a colour onto the wrong object ("pink cabinet" for the red cabinet) is
+    overruled by the question's own phrases, and the answer's message says which phrase it was."""
+    vlm = pipe.vlm
+    real = vlm._decode
+    calls = []
+
+    def miscopied(enc, question, forced, scene):
+        calls.append(tuple(forced))
+        return real(enc, question, forced or ("pink cabinet", "pink shelf"), scene)
+
+    monkeypatch.setattr(vlm, "_decode", miscopied)
+    img = CameraFrame(image=frame.rgb, camera=frame.camera)
+    res = pipe.query(img, "How far is the red cabinet from the pink shelf?")
+    assert res.success, res.message
+    assert calls == [(), ("red cabinet", "pink shelf")]
+    assert [o.label for o in res.objects] == ["red cabinet", "pink shelf"]
+    assert "named 'pink cabinet', a colour the question does not give it" in res.message
+    calls.clear()
+    res = pipe.query(img, "How far is the cabinet from the pink shelf?")   # a bare kind: any colour may be seen
+    assert res.success and calls == [()]
+
+
 def test_the_shipped_model_answers_a_question_whose_phrase_it_drops():
     # Test seed 1,000,038: the decoder writes "<k:is_above> red table <obj> pink <eos>" for this question
     # (model v10); the question's own phrases make the answer, and it is right.

@@ -9,7 +9,9 @@ What changes is only how the weights are stored:
 - every float initializer of `encoder.onnx` is stored as float16 and cast back to float by a `Cast` node in
   front of its users, so the graph computes in fp32 with the rounded weights (ONNX Runtime folds the casts
   when it loads the graph; TensorRT builds through them);
-- tensors of fewer than SMALLEST elements (a 2-channel head's bias, shape constants) stay fp32 in both.
+- tensors of fewer than SMALLEST elements (a 2-channel head's bias, shape constants) stay fp32 in both;
+- a folder without `encoder.onnx` (a training run with `--export-onnx false`) gets one exported from the
+  rounded weights, then stored the same way.
 So the PyTorch and ONNX encoders still hold the same weights, rounded once. The other files (config,
 tokenizer, training record) are copied unchanged; a folder nested in SRC (an ensemble member) is not.
 """
@@ -72,6 +74,30 @@ def half_model_folder(src: str | Path, dst: str | Path) -> None:
             half_safetensors(src / name, dst / name)
     if (src / "encoder.onnx").is_file():
         half_onnx(src / "encoder.onnx", dst / "encoder.onnx")
+    elif (dst / "encoder.safetensors").is_file() and (dst / "config.json").is_file():
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            export_encoder(dst, Path(tmp) / "encoder.onnx")
+            half_onnx(Path(tmp) / "encoder.onnx", dst / "encoder.onnx")
+
+
+def export_encoder(folder: Path, path: Path) -> None:
+    """Export the folder's encoder (its weights as stored, in fp32 arithmetic) to ONNX at `path`, as
+    training does (train_compact.write_model_folder)."""
+    import json
+    import torch
+    from ..geometry.checkpoint_io import load_safetensors
+    from ..geometry.compact_encoder import CompactGeometryEncoder
+    from ..geometry.compact_runtime import INPUT_NAMES, OUTPUT_NAMES
+    from ..geometry.export_onnx import export_onnx
+    from ..vlm.compact_backend import encoder_config
+    cfg = encoder_config(json.loads((folder / "config.json").read_text())["encoder"])
+    enc = load_safetensors(CompactGeometryEncoder(cfg), folder / "encoder.safetensors").eval()
+    example = (torch.rand(1, 3, cfg.in_height, cfg.in_width), torch.randn(1, 2, cfg.in_height, cfg.in_width) * 0.5)
+    report = export_onnx(enc, path, example_inputs=example, input_names=list(INPUT_NAMES),
+                         output_names=list(OUTPUT_NAMES), dynamic=True, opset=17)
+    if not report.rel_err <= 1e-3:
+        raise RuntimeError(f"ONNX export of {folder}'s encoder disagrees with torch: rel err {report.rel_err:.3g}")
 
 
 def main(argv: list[str] | None = None) -> int:

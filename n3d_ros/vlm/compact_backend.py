@@ -35,7 +35,8 @@ from ..core.questions import SET_KINDS, QuestionKind
 from ..core.reasoning import ReasoningError, answer_query
 from ..geometry.preprocess import grid_depth_to_points
 from .compact_model import CompactSpatialDecoder, CompactVLMConfig
-from .compact_targets import ParsedOutput, mirror_box_params, mirror_patch_maps, phrase_class, target_to_box
+from .compact_targets import (ParsedOutput, colour_contradiction, mirror_box_params, mirror_patch_maps, phrase_class,
+                              target_to_box)
 from .compact_tokenizer import CompactTokenizer
 from .contract import Grounding, ModelLoadError, SceneInput, SpatialAnswer
 
@@ -525,11 +526,18 @@ class CompactSpatialVLM:
     def ground(self, scene: SceneInput, question: str, targets: Sequence[str] = ()) -> Grounding:
         enc = self._encode(scene)
         grounding = self._decode(enc, question, targets, scene)
-        if grounding.spec is not None or targets:
+        if targets:
+            return grounding
+        cfg = self.dec_cfg
+        wrong = None if grounding.spec is None else colour_contradiction(
+            question, grounding.spec.targets, cfg.kinds, cfg.colours)
+        if grounding.spec is not None and wrong is None:
             return grounding
         # The decoder's own phrases made no question (it dropped or half-wrote one: "red table <obj> pink
-        # <eos>" for "is the table higher than the book?"). Ground the phrases the rule-based parser reads in
-        # the question instead, as a caller naming `targets` would; say so in the problems.
+        # <eos>" for "is the table higher than the book?"), or one the question contradicts (it copied a
+        # colour onto the wrong object when reordering "at what o'clock is the brown chair from the orange
+        # plant?" into "brown plant <obj> brown chair <obj>"). Ground the phrases the rule-based parser reads
+        # in the question instead, as a caller naming `targets` would; say so in the problems.
         parsed = parse_question(question)
         if parsed is None or not parsed.targets:
             return grounding
@@ -537,8 +545,9 @@ class CompactSpatialVLM:
         if retry.spec is None:
             return grounding
         phrases = ", ".join(repr(t) for t in parsed.targets)
-        note = (f"grounded the question's own phrases {phrases}: the model's output ({grounding.raw_text!r}) "
-                f"did not make a question ({'; '.join(grounding.problems) or 'no details'})")
+        why = (f"named {wrong!r}, a colour the question does not give it" if wrong is not None else
+               f"did not make a question ({'; '.join(grounding.problems) or 'no details'})")
+        note = f"grounded the question's own phrases {phrases}: the model's output ({grounding.raw_text!r}) {why}"
         return replace(retry, problems=[note] + retry.problems)
 
     def detect(self, scene: SceneInput, phrases: Sequence[str] = ()) -> Grounding:

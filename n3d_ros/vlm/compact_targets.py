@@ -144,6 +144,27 @@ def phrase_class(phrase: str, kinds: Sequence[str], colours: Sequence[str]) -> t
     return kind, colour
 
 
+def colour_contradiction(question: str, phrases: Sequence[str], kinds: Sequence[str],
+                         colours: Sequence[str]) -> str | None:
+    """The first phrase whose colour the question contradicts, else None: the phrase names a kind
+    that the question names only with other colours ("brown plant" for "...the brown chair from the
+    orange plant?"). A phrase may add a colour to a kind the question names bare ("the mug" ->
+    "purple mug"): the model reads it off the image, as trained."""
+    words = [w.strip(".,;:!?'\"") for w in question.lower().replace("-", " ").split()]
+    named: dict[int, set[int | None]] = {}   # kind -> colours the question gives it (None: bare)
+    for i, w in enumerate(words):
+        kind = kinds.index(w) if w in kinds else kinds.index(singularize(w)) if singularize(w) in kinds else None
+        if kind is not None:
+            before = words[i - 1] if i else ""
+            named.setdefault(kind, set()).add(colours.index(before) if before in colours else None)
+    for phrase in phrases:
+        kind, colour = phrase_class(phrase, kinds, colours)
+        said = named.get(kind)
+        if kind is not None and colour is not None and said and None not in said and colour not in said:
+            return phrase
+    return None
+
+
 @dataclass(frozen=True)
 class DenseTarget:
     """One object's supervision of the dense head (model grid)."""
