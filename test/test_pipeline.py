@@ -142,19 +142,23 @@ def test_phrases_the_question_contradicts_are_grounded_from_the_question(pipe, f
     assert res.success and calls == [()]
 
 
-def test_the_shipped_model_answers_a_question_whose_phrase_it_drops():
-    # Test seed 1,000,038: the decoder writes "<k:is_above> red table <obj> pink <eos>" for this question
-    # (model v10); the question's own phrases make the answer, and it is right.
+def test_the_shipped_model_answers_a_question_whose_colours_its_decoder_miscopies():
+    # Test seed 1,000,034: the decoder writes "<k:clock> red bottle <obj> yellow laptop <obj> <eos>" for this
+    # question (model v13; v10 dropped phrases instead, a path the stand-in decoders above still cover); the
+    # question's own phrases make the answer, and it is right (2 o'clock).
     from dataclasses import replace as _replace
     from n3d_ros.tools.eval_spatial import sim_samples
-    sample = next(iter(sim_samples([1_000_038], questions_per_scene=8, max_width=640)))
+    sample = next(iter(sim_samples([1_000_034], questions_per_scene=8, max_width=640)))
+    question = "At what o'clock is the red laptop from the brown bottle?"
+    assert question in [q.text for q in sample.questions]
     p = SpatialPipeline(PipelineConfig(device="cpu"))
     try:
-        res = p.query(_replace(sample.frame, depth=None), "Is the table higher than the book?")
+        res = p.query(_replace(sample.frame, depth=None), question)
     finally:
         p.close()
     assert res.success, res.message
-    assert res.value is False and [o.label for o in res.objects] == ["table", "book"]
+    assert "named 'red bottle'" in res.message
+    assert res.value == 2 and [o.label for o in res.objects] == ["brown bottle", "red laptop"]
 
 
 def test_closed_pipeline_refuses_politely(frame):
@@ -307,11 +311,12 @@ def test_mirror_average_makes_detection_mirror_symmetric(tmp_path):
 
     (labels_a, a), (labels_b, b) = detections("depth")
     assert len(labels_a) >= 3 and labels_a == labels_b
-    # Sizes agree exactly; centres to 2 cm (the depth snap turns boxes by the up vector, read from the
-    # unmirrored image alone).
-    np.testing.assert_allclose(a, b, atol=0.02)
+    # Sizes agree exactly; centres to 2 cm plus 1 % (the depth snap turns boxes by the up vector, read from
+    # the unmirrored image alone: a box 5 m away moved 3.6 cm with model v13). A wrong column order or sign
+    # moves boxes by decimetres.
+    np.testing.assert_allclose(a, b, rtol=0.01, atol=0.02)
     (labels_c, c), (labels_d, d) = detections("off")
-    assert labels_c != labels_d or not np.allclose(c, d, atol=0.02)
+    assert labels_c != labels_d or not np.allclose(c, d, rtol=0.01, atol=0.02)
 
 
 def test_ensemble_maps_read_each_models_box_depths_against_its_own_reference():
