@@ -393,6 +393,26 @@ def test_ensemble_members_must_line_up_with_the_model(tmp_path):
         _vlm_with(tmp_path / "main", ensemble=[str(member)])
 
 
+def test_a_member_that_fails_to_load_releases_what_was_loaded(tmp_path, monkeypatch):
+    """The first member loads, the second does not: the error goes up and the first member and the model
+    itself are closed (nobody else holds them to close)."""
+    from n3d_ros.vlm.compact_backend import CompactSpatialVLM
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for folder in (good, bad):
+        folder.mkdir()
+        _vlm_with(folder).close()
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["decoder"]["kinds"] = cfg["decoder"]["kinds"][::-1]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    closed = []
+    real_close = CompactSpatialVLM.close
+    monkeypatch.setattr(CompactSpatialVLM, "close", lambda self: closed.append(self.model_dir) or real_close(self))
+    (tmp_path / "main").mkdir()
+    with pytest.raises(ModelLoadError, match="does not match"):
+        _vlm_with(tmp_path / "main", ensemble=[str(good), str(bad)])
+    assert good in closed and tmp_path / "main" in closed
+
+
 def test_mirrored_encoding_is_the_encoding_of_the_mirrored_grid_input():
     """encode(mirrored=True) appends the encoder's output for the grid image with its columns
     reversed and the rays' x negated: the mirrored scene, as training showed it."""

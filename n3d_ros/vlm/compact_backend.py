@@ -338,8 +338,16 @@ class CompactSpatialVLM:
         # planner asking "where", then "how far") pay for focal normalization and the encoder once.
         self.encode_cache = bool(encode_cache)
         self._cached: tuple[tuple, _Encoded] | None = None
-        self.members = [self._member(self.model_dir / m, geometry_backend=geometry_backend, precision=precision,
-                                     engine_cache_dir=engine_cache_dir) for m in inference["ensemble"]]
+        self.members: list[CompactSpatialVLM] = []
+        try:
+            for m in inference["ensemble"]:
+                self.members.append(self._member(self.model_dir / m, geometry_backend=geometry_backend,
+                                                 precision=precision, engine_cache_dir=engine_cache_dir))
+        except BaseException:
+            # No caller will get this object to close: release the members loaded so far and the encoder
+            # (a TensorRT engine or a CUDA graph holds GPU memory) before the error goes up.
+            self.close()
+            raise
 
     def _member(self, model_dir: Path, **options) -> "CompactSpatialVLM":
         """An `inference.ensemble` model: its dense maps must line up with this model's, patch for patch
