@@ -783,6 +783,9 @@ class WeightEMA:
         self._live_flat = [p for params in self._live.values() for p in params.values()]
         self.shadows = {d: {name: {k: p.detach().clone() for k, p in params.items()}
                             for name, params in self._live.items()} for d in self.decays}
+        # The same tensors, in the order of _live_flat: resume() and copy_to() change them in place.
+        self._shadow_flat = {d: [t for params in self.shadows[d].values() for t in params.values()]
+                             for d in self.decays}
 
     def decay(self, d: float) -> float:
         n = self.updates[d]
@@ -791,9 +794,8 @@ class WeightEMA:
     @torch.no_grad()
     def update(self) -> None:
         for d in self.decays:
-            shadow = [t for params in self.shadows[d].values() for t in params.values()]
             # One multi-tensor kernel per decay: a loop over ~200 tensors would cost more than the step's launches.
-            torch._foreach_lerp_(shadow, self._live_flat, 1.0 - self.decay(d))
+            torch._foreach_lerp_(self._shadow_flat[d], self._live_flat, 1.0 - self.decay(d))
             self.updates[d] += 1
 
     @torch.no_grad()

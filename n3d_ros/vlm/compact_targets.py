@@ -150,13 +150,12 @@ def colour_contradiction(question: str, phrases: Sequence[str], kinds: Sequence[
     that the question names only with other colours ("brown plant" for "...the brown chair from the
     orange plant?"). A phrase may add a colour to a kind the question names bare ("the mug" ->
     "purple mug"): the model reads it off the image, as trained."""
-    words = [w.strip(".,;:!?'\"") for w in question.lower().replace("-", " ").split()]
+    words = question.replace("-", " ").split()
     named: dict[int, set[int | None]] = {}   # kind -> colours the question gives it (None: bare)
     for i, w in enumerate(words):
-        kind = kinds.index(w) if w in kinds else kinds.index(singularize(w)) if singularize(w) in kinds else None
+        kind = phrase_class(w, kinds, colours)[0]
         if kind is not None:
-            before = words[i - 1] if i else ""
-            named.setdefault(kind, set()).add(colours.index(before) if before in colours else None)
+            named.setdefault(kind, set()).add(phrase_class(words[i - 1], kinds, colours)[1] if i else None)
     for phrase in phrases:
         kind, colour = phrase_class(phrase, kinds, colours)
         said = named.get(kind)
