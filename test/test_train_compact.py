@@ -1,5 +1,6 @@
 """The training script end to end on CPU (tiny): data, refresh, a few steps, a loadable model folder."""
 import json
+import math
 import os
 import re
 import shutil
@@ -108,11 +109,11 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     out = tmp_path / "model"
     # Every architecture option at once: another model grid (smaller, for speed), fine features and global
     # context in the encoder, sub-patch depth detail and the geometry-source embedding in the decoder;
-    # mirrored images; NHWC encoder weights; half of the pool filled while training.
+    # mirrored images; NHWC encoder weights; half of the pool filled while training; range loss by size.
     cfg = TrainConfig(out=str(out), device="cpu", minutes=0.05, scenes=6, initial_scenes=3, workers=1,
                       render_batch=6, images_per_step=2, questions_per_image=2, questions_per_scene=3, warmup_steps=1,
                       grid_width=256, grid_height=192, f0=192.0, fine_features=True, depth_cells=4,
-                      source_embedding=True, encoder_context=1, mirror=True, channels_last=True)
+                      source_embedding=True, encoder_context=1, mirror=True, channels_last=True, range_by_size=True)
     meta = train(cfg)
     assert meta["state"]["step"] >= 1
     for f in ("config.json", "encoder.safetensors", "encoder.onnx", "decoder.safetensors", "tokenizer.json",
@@ -162,6 +163,35 @@ def test_a_few_steps_write_a_model_the_backend_loads(tmp_path):
     g = vlm.ground(SceneInput(frame.rgb, frame.camera), "how many chairs are there?")
     assert g.raw_text.startswith("<k:count> chair <set>"), g.raw_text
     vlm.close()
+
+
+def test_range_by_size_weighs_a_range_miss_by_what_the_box_can_afford():
+    """The same 30 % range miss costs a mug 3 m away (range / size 30) more than a bed 3 m away (2.6), and
+    the plain loss the same; the other parameters' losses are untouched."""
+    from n3d_ros.tools.train_compact import BOX_WEIGHTS, RANGE_BY_SIZE_CLAMP, _box_loss
+    z = 3.0
+    sizes = {"mug": (0.1, 0.1, 0.1), "bed": (1.6, 1.0, 2.0)}
+    params = torch.tensor([[0.0, 0.0, math.log(z), *map(math.log, s), 0.0, 1.0] for s in sizes.values()])
+    patch_z = torch.full((2,), z)
+    miss = params.clone()
+    miss[:, 2] = math.log(1.3)                  # the head predicts range relative to the patch: 30 % too far
+    plain = [float(_box_loss(miss[i:i + 1], params[i:i + 1], patch_z[:1])) for i in range(2)]
+    weighed = [float(_box_loss(miss[i:i + 1], params[i:i + 1], patch_z[:1], range_by_size=True)) for i in range(2)]
+    assert plain[0] == pytest.approx(plain[1])
+    mug, bed = weighed
+    assert mug > plain[0] > bed
+    # The residual is past smooth-L1's beta (0.05), where the loss is |x| - beta / 2: each factor comes back
+    # from it: sqrt(range / (8 size)) within the clamp (mug 1.94, bed 0.61).
+    factor = [(loss / BOX_WEIGHTS[2] + 0.025) / math.log(1.3) for loss in weighed]
+    for f, s in zip(factor, sizes.values()):
+        assert f == pytest.approx(np.clip(math.sqrt(z / (8.0 * math.exp(np.mean(np.log(s))))), *RANGE_BY_SIZE_CLAMP),
+                                  rel=1e-4)
+    # A size miss costs the same either way.
+    size_miss = params.clone()
+    size_miss[:, 2] = 0.0
+    size_miss[:, 4] += 0.2
+    assert float(_box_loss(size_miss, params, patch_z, range_by_size=True)) == pytest.approx(
+        float(_box_loss(size_miss, params, patch_z)))
 
 
 def test_train_config_rejects_unknown_flags():
