@@ -26,18 +26,13 @@ from dataclasses import replace
 import numpy as np
 
 
-def _extent_along(box, up: np.ndarray) -> float:
-    """Half the box's extent along `up`."""
-    return float(np.sum(np.abs(box.rotation.T @ up) * box.size) / 2)
-
-
 def _rest_on(box, up: np.ndarray, plane_height: float):
     """`box` moved along its centre's ray so that its bottom lies at `plane_height` along `up` (the
     camera at 0); None where the ray is too level for that or the move would be more than 2x."""
     uc = float(up @ box.center)
     if uc > -1e-3:
         return None
-    t = (plane_height + _extent_along(box, up)) / uc
+    t = (plane_height + box.extent_along(up) / 2) / uc
     return replace(box, center=box.center * t) if 0.5 < t < 2.0 else None
 
 
@@ -129,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The top of the supporting box: right for tables, desks and cabinets, too high for a
                 # shelf's lower boards, so the "support" row understates what a known plane would give.
                 under = gt_object(scene, obj.support).box
-                plane = float(up_true @ under.center) + _extent_along(under, up_true)
+                plane = float(up_true @ under.center) + under.extent_along(up_true) / 2
             moved = _rest_on(best.box, up_true, plane)
             before = iou_3d(best.box, truth.box) >= 0.25
             after = iou_3d(moved, truth.box) >= 0.25 if moved is not None else before

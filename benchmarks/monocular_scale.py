@@ -63,24 +63,24 @@ def _pairs(pred, truth) -> list[tuple[int, object]]:
     return out
 
 
-def _extent_along(box, up: np.ndarray) -> float:
-    """Half the box's extent along `up`."""
-    return float(np.sum(np.abs(box.rotation.T @ up) * box.size) / 2)
+def _kind(label: str) -> str:
+    """The object kind a label names ("red mug" -> "mug")."""
+    from n3d_ros.core.metrics import normalize_label
+    return normalize_label(label).split()[-1]
 
 
 def _rest_small_boxes(pred, up: np.ndarray, tolerance: float):
     """`pred` with each small object's box moved along its ray onto the nearest predicted surface (see 5.)."""
     from n3d_ros.sim.assets import KINDS
-    from n3d_ros.core.metrics import normalize_label
 
     def spec(o):
-        return KINDS.get(normalize_label(o.label).split()[-1])
+        return KINDS.get(_kind(o.label))
 
     furniture = [o for o in pred if spec(o) is not None and not spec(o).small and o.score >= 0.5]
     if not furniture:
         return pred
-    planes = [float(np.median([up @ o.box.center - _extent_along(o.box, up) for o in furniture]))]
-    planes += [float(up @ o.box.center + _extent_along(o.box, up)) for o in furniture
+    planes = [float(np.median([up @ o.box.center - o.box.extent_along(up) / 2 for o in furniture]))]
+    planes += [float(up @ o.box.center + o.box.extent_along(up) / 2) for o in furniture
                if spec(o).name in ("table", "desk", "cabinet", "shelf")]
     out = []
     for o in pred:
@@ -88,7 +88,7 @@ def _rest_small_boxes(pred, up: np.ndarray, tolerance: float):
         if spec(o) is None or not spec(o).small or uc > -1e-3:
             out.append(o)
             continue
-        moves = [m for m in ((pl + _extent_along(o.box, up)) / uc for pl in planes) if m > 0]
+        moves = [m for m in ((pl + o.box.extent_along(up) / 2) / uc for pl in planes) if m > 0]
         m = min(moves, key=lambda m: abs(np.log(m)), default=1.0)
         out.append(_scaled(o, m, size=False) if abs(np.log(m)) < tolerance else o)
     return out
@@ -100,7 +100,7 @@ def _scaled(obj, k: float, size: bool = True):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from n3d_ros.core.metrics import ap3d_per_category, normalize_label
+    from n3d_ros.core.metrics import ap3d_per_category
     from n3d_ros.pipeline.spatial_pipeline import PipelineConfig, SpatialPipeline
     from n3d_ros.sim.world import generate_scene
     from n3d_ros.tools.eval_spatial import DETECT_QUESTION, HELD_OUT_FIRST_SEED, held_out_seeds, sim_samples
@@ -127,9 +127,6 @@ def main(argv: list[str] | None = None) -> int:
             ups.append(np.asarray(generate_scene(s.seed).up, dtype=np.float64))
     finally:
         pipe.close()
-
-    def kind(label: str) -> str:
-        return normalize_label(label).split()[-1]
 
     # 1-2: the scale of each scene, and AP3D with it (leave one out).
     scene_scale, residual, pair_logs = [], [], []
@@ -171,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     # Categories are "colour kind" labels: a kind's row is the mean over its colours.
     print("\n| kind | AP3D@0.25 as predicted | scaled | centres only | own true range | resting |\n"
           "|---|---|---|---|---|---|")
-    for k in sorted({kind(c) for c in at_025["as predicted"]}):
-        row = [np.mean([v for c, v in cats.items() if kind(c) == k]) for cats in at_025.values()]
+    for k in sorted({_kind(c) for c in at_025["as predicted"]}):
+        row = [np.mean([v for c, v in cats.items() if _kind(c) == k]) for cats in at_025.values()]
         print("| " + " | ".join([k] + [f"{v:.3f}" for v in row]) + " |")
 
     # 3: do predicted sizes follow the range error?
@@ -193,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         num = den = 0.0
         for o in pred:
-            if kind(o.label) not in KINDS:
+            if _kind(o.label) not in KINDS:
                 continue
-            lo, hi = ranges[kind(o.label)]
+            lo, hi = ranges[_kind(o.label)]
             w = o.score / (np.log(hi / lo) ** 2 / 12 + 0.05 ** 2)   # uniform prior's variance + box noise
             num += float(np.sum(w * np.log(_dims(o.box) / np.sqrt(lo * hi))))
             den += float(np.sum(w))
@@ -211,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     for truth in truths:
         lo_k, hi_k = -np.inf, np.inf
         for g in truth:
-            lo, hi = ranges[kind(g.label)]
+            lo, hi = ranges[_kind(g.label)]
             d = _dims(g.box)
             lo_k, hi_k = max(lo_k, float(np.max(np.log(lo / d)))), min(hi_k, float(np.min(np.log(hi / d))))
         if np.isfinite(lo_k) and np.isfinite(hi_k):

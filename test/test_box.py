@@ -54,6 +54,18 @@ def test_corners_volume_and_frames(yaw, cx, cz):
     assert b.contains(b.center[None])[0] and not b.contains((b.center + [5, 0, 0])[None])[0]
 
 
+def test_extent_along_is_the_width_of_the_corners_projection():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        box = Box3D(rng.normal(size=3), rng.uniform(0.1, 2.0, 3), q * np.sign(np.linalg.det(q)))
+        d = rng.normal(size=3)
+        d /= np.linalg.norm(d)
+        proj = box.corners() @ d
+        assert box.extent_along(d) == pytest.approx(proj.max() - proj.min())
+    assert Box3D([0, 0, 3], [1, 2, 4], np.eye(3)).extent_along([0, -1, 0]) == pytest.approx(2.0)
+
+
 def test_invalid_boxes_raise():
     with pytest.raises(ValueError):
         Box3D([0, 0, np.nan], [1, 1, 1])

@@ -80,6 +80,11 @@ class Box3D:
         local = CORNER_SIGNS * (self.size / 2.0)
         return local @ self.rotation.T + self.center
 
+    def extent_along(self, direction: np.ndarray) -> float:
+        """Full extent of the box along a unit `direction` (in the box's frame): the width of its
+        projection on that line, e.g. the height of a tilted box along the up vector."""
+        return float(np.abs(self.rotation.T @ np.asarray(direction, dtype=np.float64)) @ self.size)
+
     def contains(self, points: np.ndarray, *, margin: float = 0.0) -> np.ndarray:
         """(N,) bool: which of (N, 3) points lie inside (points in the box's frame)."""
         local = (np.asarray(points, dtype=np.float64) - self.center) @ self.rotation
