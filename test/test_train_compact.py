@@ -599,6 +599,48 @@ def test_mirrored_batch_is_the_batch_of_the_mirrored_scenes(tmp_path):
         ds.close()
 
 
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_measured_fraction_sets_which_images_give_the_decoder_measured_geometry(tmp_path, fraction):
+    """The decoder sees the measured points (ground-truth depth along the rays) on `fraction` of the images
+    and the encoder's own estimate on the rest; 0 and 1 leave no room for chance."""
+    from n3d_ros.geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
+    from n3d_ros.tools.train_compact import build_tokenizer, collate, compile_for_training, new_decoder_config, \
+        decoder_pass, step_losses
+    from n3d_ros.vlm.compact_model import CompactSpatialDecoder
+    from n3d_ros.vlm.compact_tokenizer import CompactTokenizer
+
+    tok = build_tokenizer(n_scenes=20)
+    tok.save(tmp_path / "tok.json")
+    enc_cfg = CompactEncoderConfig()
+    dec_cfg = new_decoder_config(tok, enc_cfg, dense_head=True)
+    cfg = TrainConfig(device="cpu", scenes=3, workers=1, render_batch=3, questions_per_scene=4, images_per_step=3,
+                      questions_per_image=2, dense_head=True)
+    ds = GpuDataset(cfg, enc_cfg, dec_cfg, str(tmp_path / "tok.json"), _log)
+    try:
+        torch.manual_seed(0)
+        enc, dec = CompactGeometryEncoder(enc_cfg), CompactSpatialDecoder(dec_cfg)
+        passes = compile_for_training(enc, dec, "none")
+        seen = {}
+
+        def spy(dec, features, points, valid, *rest):
+            seen["points"], seen["measured"] = points.detach(), rest[-1]
+            return decoder_pass(dec, features, points, valid, *rest)
+
+        passes.decoder = spy
+        batch = collate(ds, np.random.default_rng(1), cfg, dec_cfg, CompactTokenizer.load(tmp_path / "tok.json"))
+        step_losses(passes, ds, batch, torch.Generator().manual_seed(2), dec_cfg, measured_fraction=fraction)
+        img_idx = batch[0]
+        depth = ds.depth[img_idx].float()
+        assert seen["measured"].tolist() == [fraction == 1.0] * len(img_idx)
+        hit = depth > 0.05
+        rel = ((seen["points"][:, 2] - depth).abs() / depth.clamp_min(0.05))[hit]
+        assert (float(rel.median()) < 0.02) == (fraction == 1.0)    # measured: 1 % noise; untrained estimate
+    finally:
+        ds.close()
+    with pytest.raises(ValueError, match="measured_fraction"):
+        TrainConfig(measured_fraction=1.5)
+
+
 def test_mirror_needs_the_dense_head():
     with pytest.raises(ValueError, match="dense head"):
         TrainConfig(device="cpu", mirror=True, dense_head=False)

@@ -115,6 +115,11 @@ class TrainConfig:
     # Weigh each box's range error by how little of it the box can afford (_box_loss): a 10 cm mug 3 m away
     # loses IoU 0.25 at a 2 % miss, a bed there at about 25 %, yet the plain loss treats both misses alike.
     range_by_size: bool = False
+    # Share of the images whose decoder sees measured geometry (ground-truth depth with holes and noise)
+    # instead of the encoder's estimate. With a depth camera the pipeline snaps every box's range to the
+    # measured depth afterwards; without one the decoder's own range is the answer, so a lower share
+    # spends more of the decoder's training where nothing corrects it.
+    measured_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         parse_ema_decays(self.ema_decays)  # raises on a malformed list
@@ -127,6 +132,8 @@ class TrainConfig:
         if self.mirror and not self.dense_head:
             # Without the dense head, set answers list objects left to right: a mirror would reverse them.
             raise ValueError("mirror needs the dense head (--dense-head true)")
+        if not 0.0 <= self.measured_fraction <= 1.0:
+            raise ValueError(f"measured_fraction must be in [0, 1], got {self.measured_fraction}")
         if not 0 <= self.initial_scenes <= self.scenes:
             raise ValueError(f"initial_scenes must be in [0, scenes={self.scenes}], got {self.initial_scenes}")
         if not 0.0 <= self.lr_span_start < self.lr_span_end <= 1.0:
@@ -693,10 +700,11 @@ def compile_for_training(enc: CompactGeometryEncoder, dec: CompactSpatialDecoder
 
 
 def step_losses(passes: TrainingPasses, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig, *,
-                mirror: bool = False, range_by_size: bool = False):
+                mirror: bool = False, range_by_size: bool = False, measured_fraction: float = 0.5):
     """Total loss and detached statistics of one batch. `mirror`: each image is mirrored with
     probability 1/2 (with its targets), so a scene in the pool is seen as two scenes.
-    `range_by_size`: see TrainConfig and _box_loss."""
+    `range_by_size`: see TrainConfig and _box_loss. `measured_fraction`: the probability that an
+    image's decoder sees measured geometry (TrainConfig)."""
     dec = passes.dec
     img_idx = batch[0]
     image = ds.rgb[img_idx].permute(0, 3, 1, 2).float() / 255.0
@@ -716,9 +724,10 @@ def step_losses(passes: TrainingPasses, ds: GpuDataset, batch, rng: torch.Genera
     depth_loss = _weighted_mean((torch.log(z) - torch.log(depth_gt.clamp_min(1e-3))).abs(), valid_gt)
     mask_loss = F.binary_cross_entropy_with_logits(mask_logits, valid_gt.float())
 
-    # Decoder geometry: measured depth (with holes and 1% noise) for half the images, else the estimate.
+    # Decoder geometry: measured depth (with holes and 1% noise) for `measured_fraction` of the images,
+    # else the estimate.
     Bi = image.shape[0]
-    use_gt = (torch.rand(Bi, 1, 1, 1, device=image.device, generator=rng) < 0.5)
+    use_gt = (torch.rand(Bi, 1, 1, 1, device=image.device, generator=rng) < measured_fraction)
     holes = torch.rand_like(depth_gt) < 0.05
     noisy = depth_gt * (1 + 0.01 * torch.randn_like(depth_gt))
     gt_points = torch.cat([rays, torch.ones_like(depth_gt)], dim=1) * noisy
@@ -763,11 +772,12 @@ def step_losses(passes: TrainingPasses, ds: GpuDataset, batch, rng: torch.Genera
 
 def train_step(passes: TrainingPasses, ds: GpuDataset, batch, rng: torch.Generator, dec_cfg: CompactVLMConfig,
                opt: torch.optim.Optimizer, params: list, *, amp: bool, mirror: bool = False,
-               range_by_size: bool = False) -> dict[str, torch.Tensor]:
+               range_by_size: bool = False, measured_fraction: float = 0.5) -> dict[str, torch.Tensor]:
     """One optimization step (bf16 autocast on CUDA when `amp`, gradients clipped to norm 1);
     returns the detached loss statistics."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        loss, stats = step_losses(passes, ds, batch, rng, dec_cfg, mirror=mirror, range_by_size=range_by_size)
+        loss, stats = step_losses(passes, ds, batch, rng, dec_cfg, mirror=mirror, range_by_size=range_by_size,
+                                  measured_fraction=measured_fraction)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -937,7 +947,8 @@ def train(cfg: TrainConfig) -> dict:
         if due or ds.refreshing or ds.filling:
             ds.refresh(rng)
         stats = train_step(passes, ds, collate(ds, rng, cfg, dec_cfg, tok), trng, dec_cfg, opt, params,
-                           amp=use_amp, mirror=cfg.mirror, range_by_size=cfg.range_by_size)
+                           amp=use_amp, mirror=cfg.mirror, range_by_size=cfg.range_by_size,
+                           measured_fraction=cfg.measured_fraction)
         if ema.decays:
             ema.update()
         step += 1
