@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def _load_bench(name: str = "bench_geometry"):
@@ -29,13 +30,16 @@ def test_quick_bench_cpu(tmp_path, capsys):
         assert r["rel_err"] < 1e-2, r
 
 
-def test_preprocess_bench_prints_one_row_per_camera(capsys):
+@pytest.mark.parametrize("device", ["", "cpu"])
+def test_preprocess_bench_prints_one_row_per_camera(capsys, device):
     bench = _load_bench("bench_preprocess")
-    bench.main(["--repeats", "1"])
+    bench.main(["--repeats", "1"] + (["--device", device] if device else []))
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "fx" in line]
     assert len(rows) == len(bench.CAMERAS)
     for row in rows:
-        assert all(float(c) > 0 for c in row.strip("| ").split(" | ")[1:]), row
+        cells = row.strip("| ").split(" | ")[1:]
+        assert len(cells) == (5 if device else 2), row     # + host path, device path, their ratio
+        assert all(float(c.rstrip("x")) > 0 for c in cells), row
 
 
 def test_snap_bench_times_the_boxes_the_backend_snaps(capsys):

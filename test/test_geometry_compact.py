@@ -185,3 +185,32 @@ def test_cuda_graph_replays_match_eager_and_do_not_overwrite_earlier_outputs(wei
     assert torch.equal(first.points, kept)                 # outputs are copies, not the graph's buffers
     graphs.close()
     eager.close()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_device_preprocessing_gives_the_host_preprocessing_encoding(weights, tmp_path, device):
+    # The torch runner on a GPU resamples there by default (auto); the host path is the reference.
+    from n3d_ros.geometry.compact_runtime import CompactGeometry
+    auto = make_encoder("compact", weights=weights, backend="torch", device=device)
+    assert (auto._device_prep is not None) == (device == "cuda")      # auto: only for torch on CUDA
+    enc = CompactGeometry(auto.runner, auto.config, device_preprocess=False)
+    dev = CompactGeometry(auto.runner, auto.config, device_preprocess=True)
+    cams = [CameraModel.from_intrinsics(450, 450, 300.0, 200.0, 600, 400),
+            CameraModel.from_intrinsics(900, 900, 640, 360, 1280, 720)]
+    rng = np.random.default_rng(7)
+    imgs = [rng.integers(0, 255, (c.height, c.width, 3), dtype=np.uint8) for c in cams]
+    a = enc.encode_tensors(imgs, cams, mirrored=True)
+    b = dev.encode_tensors(imgs, cams, mirrored=True)
+    assert a.transforms == b.transforms and len(b.transforms) == 4
+    # Inputs agree to ~1e-7; cuDNN may round convolution inputs to TF32 on the GPU, which can magnify that.
+    tol = 1e-4 if device == "cpu" else 3e-3
+    torch.testing.assert_close(b.features, a.features, rtol=tol, atol=tol)
+    both = a.valid & b.valid
+    assert (a.valid != b.valid).float().mean() < 1e-3                 # a logit at 0 may round either way
+    torch.testing.assert_close(b.points * both, a.points * both, rtol=tol, atol=tol)
+    ort = make_encoder("compact", weights=weights, backend="onnxruntime", device="cpu", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs a torch runner"):
+        CompactGeometry(ort.runner, ort.config, device_preprocess=True)
+    auto.close()
+    ort.close()

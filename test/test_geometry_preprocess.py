@@ -77,3 +77,59 @@ def test_grid_depth_to_points_equals_the_camera_unprojection():
     np.testing.assert_array_equal(mask, ref_mask)
     np.testing.assert_allclose(pts[mask], ref[mask], rtol=1e-5)
     assert pts.dtype == np.float32 and np.isnan(pts[5, 7]).all() and np.isnan(pts[9, 9]).all()
+
+
+_CAMERAS = [CameraModel.from_intrinsics(500, 500, 319.5, 239.5, 640, 480),       # shrinks 1.7x
+            CameraModel.from_intrinsics(900, 880, 640, 360, 1280, 720),         # shrinks >= 2x: box filter first
+            CameraModel.from_intrinsics(200, 200, 80, 60, 160, 120),            # grows, letterboxed
+            CameraModel(width=320, height=240, K=np.array([[260.0, 0, 159.5], [0, 260.0, 119.5], [0, 0, 1]]),
+                        D=np.array([0.1, -0.05, 0, 0, 0]), distortion_model="plumb_bob")]
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+@pytest.mark.parametrize("cam", _CAMERAS[:3])
+def test_resample_tensor_is_the_host_resampling(cam, interpolation):
+    import torch
+    from n3d_ros.core.focal import resample, resample_taps
+    from n3d_ros.geometry.preprocess import DeviceTaps, resample_tensor
+    t = model_grid_transform(cam, CFG)
+    img = np.random.default_rng(5).uniform(0, 255, (cam.height, cam.width, 3)).astype(np.float32)
+    host = resample(img, t.inverse(), CFG.in_width, CFG.in_height, interpolation=interpolation, fill=-1.0)
+    taps = DeviceTaps.of(resample_taps(t.inverse(), CFG.in_width, CFG.in_height, interpolation=interpolation), "cpu")
+    dev = resample_tensor(torch.from_numpy(img), taps, fill=-1.0).numpy()
+    assert dev.shape == host.shape == (CFG.in_height, CFG.in_width, 3)
+    np.testing.assert_allclose(dev, host, rtol=0, atol=1e-3)          # float32 sums in another order
+    assert ((dev == -1.0) == (host == -1.0)).all() and (host == -1.0).any()     # the letterbox's padding
+
+
+def _devices():
+    import torch
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_device_preprocess_is_prepare_input_on_the_device(mirrored, device):
+    import torch
+    from n3d_ros.core.frames import mirror_image_vectors
+    from n3d_ros.geometry.preprocess import DevicePreprocess, stack_inputs
+    rng = np.random.default_rng(6)
+    imgs = [rng.integers(0, 255, (c.height, c.width, 3), dtype=np.uint8) for c in _CAMERAS]
+    prep = DevicePreprocess(CFG, device, cache_size=2)
+    for _ in range(2):                         # the second time from the caches (two of four entries kept)
+        image, rays, transforms = prep(imgs, _CAMERAS, mirrored=mirrored)
+        items = [prepare_input(i, c, CFG) for i, c in zip(imgs, _CAMERAS)]
+        want_image, want_rays = stack_inputs(items)
+        want_t = [m.transform for m in items]
+        if mirrored:
+            want_image = np.concatenate([want_image, want_image[..., ::-1]])
+            want_rays = np.concatenate([want_rays, mirror_image_vectors(want_rays, channel_axis=1)])
+            want_t = want_t + want_t
+        assert image.dtype == rays.dtype == torch.float32 and image.is_contiguous() and rays.is_contiguous()
+        assert image.device.type == rays.device.type == device
+        np.testing.assert_allclose(image.cpu().numpy(), want_image, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(rays.cpu().numpy(), want_rays)
+        assert transforms == want_t
+        assert len(prep._taps) == len(prep._rays) == 2
+    with pytest.raises(ValueError, match="uint8"):
+        prep([imgs[0].astype(np.float32)], _CAMERAS[:1])

@@ -319,6 +319,29 @@ def test_mirror_average_makes_detection_mirror_symmetric(tmp_path):
     assert labels_c != labels_d or not np.allclose(c, d, rtol=0.01, atol=0.02)
 
 
+def test_the_mirror_images_measured_points_are_the_mirrored_scenes(tmp_path):
+    """With a depth camera and mirror averaging, the mirrored pass reads the measured points of the mirrored
+    scene: columns reversed and x negated (as the image and its rays), made on the decoder's device."""
+    from n3d_ros.core.camera import CameraModel
+    from n3d_ros.core.frames import mirror_image_vectors
+    from n3d_ros.sim.render import render
+    from n3d_ros.sim.world import generate_scene
+    from n3d_ros.vlm.contract import SceneInput
+    cam = CameraModel.from_intrinsics(300.0, 300.0, 170.0, 110.0, 320, 240)     # letterboxed: masked padding
+    view = render([generate_scene(1_000_322).with_camera(cam)]).numpy(0)
+    vlm = _vlm_with(tmp_path, mirror_average="depth")
+    try:
+        enc = vlm._encode_frame(SceneInput(view.rgb, cam, depth=np.asarray(view.depth, np.float32)))
+    finally:
+        vlm.close()
+    points, mask = enc.measured
+    assert mask.any() and not mask.all()
+    _, m_points, m_valid = enc.mirror
+    np.testing.assert_array_equal(m_points[0].numpy(), mirror_image_vectors(np.nan_to_num(points), -1).transpose(2, 0, 1))
+    np.testing.assert_array_equal(m_valid[0, 0].numpy(), mask[:, ::-1])
+    np.testing.assert_array_equal(enc.points[0].numpy(), np.nan_to_num(points).transpose(2, 0, 1))
+
+
 def test_ensemble_maps_read_each_models_box_depths_against_its_own_reference():
     """A box depth is log(depth / the patch's reference depth), and each model's reference comes from its own
     point map: two models that agree on an object's depth but not on the patch's must average to that depth."""

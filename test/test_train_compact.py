@@ -265,7 +265,7 @@ def test_compile_option_is_checked_and_none_keeps_the_module():
 
 
 def _compiled_matches_eager(tmp_path, device: str, what: str, rtol: float, atol: float, *,
-                            channels_last: bool = False) -> None:
+                            channels_last: bool = False, grad_atol: float | None = None) -> None:
     """Losses and gradients of `compile_for_training(..., what, channels_last=...)` against the eager
     NCHW modules on one real batch with a dense head and mirrored images; the compiled passes run three
     times (compile or warm up, record, replay) and the last run is compared."""
@@ -305,7 +305,7 @@ def _compiled_matches_eager(tmp_path, device: str, what: str, rtol: float, atol:
         torch.testing.assert_close(l1, l0, rtol=rtol, atol=atol)
         assert s0.keys() == s1.keys() and {"heat", "colour", "dbox", "ptr"} <= s0.keys()
         for a, b in zip(g1, g0):
-            torch.testing.assert_close(a, b, rtol=100 * rtol, atol=atol)
+            torch.testing.assert_close(a, b, rtol=100 * rtol, atol=atol if grad_atol is None else grad_atol)
     finally:
         ds.close()
 
@@ -322,7 +322,10 @@ def test_compiled_passes_give_the_eager_losses_and_gradients(tmp_path):
 def test_cuda_graph_passes_give_the_eager_losses_and_gradients(tmp_path, channels_last):
     """--compile graphs (the recipe's, with --channels-last): the replayed CUDA graphs compute what the
     eager NCHW modules compute."""
-    _compiled_matches_eager(tmp_path, "cuda", "graphs", rtol=1e-4, atol=1e-4, channels_last=channels_last)
+    # NHWC convolutions sum their weight gradients in another order: on a lent H100 (torch 2.11) 3 of 196,608
+    # elements differed from the NCHW eager ones by 1.4e-4, over the 1e-4 that the losses keep.
+    _compiled_matches_eager(tmp_path, "cuda", "graphs", rtol=1e-4, atol=1e-4, channels_last=channels_last,
+                            grad_atol=5e-4 if channels_last else None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

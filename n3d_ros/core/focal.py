@@ -96,6 +96,49 @@ class PixelTransform:
                         interpolation=interpolation, fill=fill)
 
 
+@dataclass(frozen=True)
+class ResampleTaps:
+    """Where each output pixel of a resampling reads the input, one axis at a time: output row i is
+    sum_t row_weights[i, t] * input row rows[i, t] (columns likewise). Output pixels whose source
+    falls outside the input are not `valid` and get the fill value. The same tables drive the NumPy
+    resampling here and the GPU one of `geometry.preprocess`, so both compute one map."""
+    rows: np.ndarray          # (out_height, taps) int64 input row indices
+    row_weights: np.ndarray   # (out_height, taps) float64, summing to 1 per row
+    cols: np.ndarray          # (out_width, taps) int64 input column indices
+    col_weights: np.ndarray   # (out_width, taps) float64
+    valid: np.ndarray         # (out_height, out_width) bool
+
+
+def resample_taps(out_to_in: PixelTransform, out_width: int, out_height: int, *,
+                  interpolation: str = "linear") -> ResampleTaps:
+    """The taps of resampling an image of `out_to_in`'s output size (the input) onto an
+    (out_width, out_height) grid whose pixel centres map through `out_to_in`.
+
+    "linear": shrinking by 2x or more first averages k input pixels (a box filter, edges replicated)
+    so that it does not alias; box filter and bilinear weights are folded into a few taps per output
+    row and column. "nearest": one tap, the nearest input pixel (for masks, label maps and point maps
+    that must not blend across edges)."""
+    W, H = out_to_in.out_width, out_to_in.out_height
+    u = np.arange(out_width, dtype=np.float64) * out_to_in.sx + out_to_in.tx
+    v = np.arange(out_height, dtype=np.float64) * out_to_in.sy + out_to_in.ty
+    if interpolation == "nearest":
+        ui, vi = np.rint(u).astype(np.int64), np.rint(v).astype(np.int64)
+        okx, oky = (ui >= 0) & (ui < W), (vi >= 0) & (vi < H)
+        ix, iy = np.clip(ui, 0, W - 1)[:, None], np.clip(vi, 0, H - 1)[:, None]
+        wx, wy = np.ones(ix.shape), np.ones(iy.shape)
+    elif interpolation == "linear":
+        blur = out_to_in.sx >= 2.0 or out_to_in.sy >= 2.0
+        kx = max(1, int(out_to_in.sx)) if blur else 1
+        ky = max(1, int(out_to_in.sy)) if blur else 1
+        okx = (u >= -0.5) & (u <= W - 0.5)
+        oky = (v >= -0.5) & (v <= H - 0.5)
+        ix, wx = _linear_taps(u, W, kx)
+        iy, wy = _linear_taps(v, H, ky)
+    else:
+        raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
+    return ResampleTaps(iy, wy, ix, wx, oky[:, None] & okx[None, :])
+
+
 def resample(image: np.ndarray, out_to_in: PixelTransform, out_width: int, out_height: int, *,
              interpolation: str = "linear", fill: float = 0.0) -> np.ndarray:
     img = np.asarray(image)
@@ -104,39 +147,20 @@ def resample(image: np.ndarray, out_to_in: PixelTransform, out_width: int, out_h
     H, W = img.shape[:2]
     if (W, H) != (out_to_in.out_width, out_to_in.out_height):
         raise ValueError(f"image is {W}x{H}, transform expects {out_to_in.out_width}x{out_to_in.out_height}")
-    u = np.arange(out_width, dtype=np.float64) * out_to_in.sx + out_to_in.tx
-    v = np.arange(out_height, dtype=np.float64) * out_to_in.sy + out_to_in.ty
+    taps = resample_taps(out_to_in, out_width, out_height, interpolation=interpolation)
     if interpolation == "nearest":
-        ui = np.rint(u).astype(np.int64)
-        vi = np.rint(v).astype(np.int64)
-        okx = (ui >= 0) & (ui < W)
-        oky = (vi >= 0) & (vi < H)
-        out = img[np.clip(vi, 0, H - 1)][:, np.clip(ui, 0, W - 1)]
-        valid = oky[:, None] & okx[None, :]
-    elif interpolation == "linear":
-        # Shrinking by 2x or more first averages k input pixels (a box filter, edges replicated) so
-        # that it does not alias. Box filter and bilinear weights are folded into a few taps per
-        # output row and column, applied one axis at a time (rows first: the image is taller than
-        # the output, so the second pass is small). Arithmetic is float32 unless the input is
-        # float64: weights sum to one, so float32 is exact to ~1e-7 of the value range, and it
-        # halves the memory traffic that bounds this function.
-        blur = out_to_in.sx >= 2.0 or out_to_in.sy >= 2.0
-        kx = max(1, int(out_to_in.sx)) if blur else 1
-        ky = max(1, int(out_to_in.sy)) if blur else 1
-        okx = (u >= -0.5) & (u <= W - 0.5)
-        oky = (v >= -0.5) & (v <= H - 0.5)
-        ix, wx = _linear_taps(u, W, kx)
-        iy, wy = _linear_taps(v, H, ky)
+        out = img[taps.rows[:, 0]][:, taps.cols[:, 0]]
+    else:
+        # Rows first (the image is taller than the output, so the second pass is small). Arithmetic
+        # is float32 unless the input is float64: weights sum to one, so float32 is exact to ~1e-7
+        # of the value range, and it halves the memory traffic that bounds this function.
         work = np.float64 if img.dtype == np.float64 else np.float32
         s = img if img.ndim == 3 else img[..., None]
-        rows = np.einsum("htwc,ht->hwc", s[iy].astype(work, copy=False), wy.astype(work))
-        out = np.einsum("hwtc,wt->hwc", rows[:, ix], wx.astype(work))
+        rows = np.einsum("htwc,ht->hwc", s[taps.rows].astype(work, copy=False), taps.row_weights.astype(work))
+        out = np.einsum("hwtc,wt->hwc", rows[:, taps.cols], taps.col_weights.astype(work))
         if img.ndim == 2:
             out = out[..., 0]
-        valid = oky[:, None] & okx[None, :]
-    else:
-        raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
-    out = np.where(valid[..., None] if out.ndim == 3 else valid, out, fill)
+    out = np.where(taps.valid[..., None] if out.ndim == 3 else taps.valid, out, fill)
     if np.issubdtype(img.dtype, np.integer) and interpolation == "linear":
         info = np.iinfo(img.dtype)
         out = np.clip(np.rint(out), info.min, info.max)

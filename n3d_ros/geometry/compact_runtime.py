@@ -12,7 +12,7 @@ from ..core.frames import mirror_image_vectors
 from .backends import Runner
 from .compact_encoder import CompactEncoderConfig
 from .contract import GeometryOutput, check_batch
-from .preprocess import prepare_input, stack_inputs
+from .preprocess import DevicePreprocess, prepare_input, stack_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -40,11 +40,21 @@ class EncodedTensors:
 class CompactGeometry:
     """GeometryEncoder over a runner that executes CompactGeometryEncoder (torch, ONNX Runtime, TensorRT)."""
 
-    def __init__(self, runner: Runner, config: CompactEncoderConfig) -> None:
+    def __init__(self, runner: Runner, config: CompactEncoderConfig, *, device_preprocess: bool | None = None
+                 ) -> None:
+        """device_preprocess: resample each image onto the model grid on the runner's torch device
+        (`preprocess.DevicePreprocess`) instead of on the host; None = where the runner runs torch on
+        a GPU. There the host's resampling, the mirror image and the upload of float32 grids were most of
+        a new frame's preprocessing (benchmarks/results/h100_device_preprocess.md)."""
         self.runner = runner
         self.config = config
         self.backend = runner.label
         self.device = runner.device
+        if device_preprocess is None:
+            device_preprocess = hasattr(runner, "run_tensors") and str(runner.device).startswith("cuda")
+        if device_preprocess and not hasattr(runner, "run_tensors"):
+            raise ValueError(f"device_preprocess needs a torch runner, got {runner.label}")
+        self._device_prep = DevicePreprocess(config, runner.device) if device_preprocess else None
 
     def encode_tensors(self, images: Sequence[np.ndarray], cameras: Sequence[CameraModel], *,
                        mirrored: bool = False, device: str | None = None) -> EncodedTensors:
@@ -57,18 +67,22 @@ class CompactGeometry:
         import torch
 
         check_batch(images, cameras)
-        items = [prepare_input(img, cam, self.config) for img, cam in zip(images, cameras)]
-        image, rays = stack_inputs(items)  # (B, 3, h, w), (B, 2, h, w)
-        if mirrored:
-            image = np.concatenate([image, image[..., ::-1]])
-            rays = np.concatenate([rays, mirror_image_vectors(rays, channel_axis=1)])
-            image, rays = np.ascontiguousarray(image), np.ascontiguousarray(rays)
-            items = items + items
+        if self._device_prep is not None:
+            image, rays, transforms = self._device_prep(images, cameras, mirrored=mirrored)
+        else:
+            items = [prepare_input(img, cam, self.config) for img, cam in zip(images, cameras)]
+            image, rays = stack_inputs(items)  # (B, 3, h, w), (B, 2, h, w)
+            transforms = [m.transform for m in items]
+            if mirrored:
+                image = np.concatenate([image, image[..., ::-1]])
+                rays = np.concatenate([rays, mirror_image_vectors(rays, channel_axis=1)])
+                image, rays = np.ascontiguousarray(image), np.ascontiguousarray(rays)
+                transforms = transforms + transforms
         device = device or self.runner.device
         run = getattr(self.runner, "run_tensors", None)
-        step = self.runner.max_batch or len(items)
+        step = self.runner.max_batch or len(transforms)
         chunks = []
-        for i in range(0, len(items), step):
+        for i in range(0, len(transforms), step):
             feeds = {"image": image[i:i + step], "rays": rays[i:i + step]}
             out = run(feeds) if run is not None else {k: torch.from_numpy(v) for k, v in self.runner.run(feeds).items()}
             chunks.append({k: v.to(device) for k, v in out.items()})
@@ -76,7 +90,7 @@ class CompactGeometry:
         valid = (logits > 0) & torch.isfinite(points).all(dim=1, keepdim=True) & (points[:, 2:3] > 0)
         return EncodedTensors(points=torch.where(valid, points, torch.zeros((), device=points.device)),
                               valid=valid, features=features.float(),
-                              transforms=[m.transform for m in items], backend=self.backend)
+                              transforms=transforms, backend=self.backend)
 
     def encode(self, images: Sequence[np.ndarray], cameras: Sequence[CameraModel], *,
                mirrored: bool = False) -> GeometryOutput:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
 from ..core.camera import CameraModel, check_image, valid_depth
-from ..core.focal import PixelTransform, normalize_focal
+from ..core.focal import PixelTransform, ResampleTaps, normalize_focal, resample_taps
+
+if TYPE_CHECKING:
+    import torch
 
 
 class GridConfig(Protocol):
@@ -74,13 +77,17 @@ _RAY_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 _RAY_CACHE_SIZE = 8
 
 
+def _camera_key(camera: CameraModel) -> tuple:
+    return (camera.width, camera.height, camera.distortion_model, camera.K.tobytes(),
+            np.asarray(camera.D, dtype=np.float64).tobytes())
+
+
 def grid_rays(camera: CameraModel) -> np.ndarray:
     """(2, h, w) float32 (x/z, y/z) per pixel of `camera` (valid everywhere, padding included).
 
     Read-only and cached per camera: a stream keeps one camera, and undistorting every pixel's ray
     again for each frame cost more than the rest of the preprocessing."""
-    key = (camera.width, camera.height, camera.distortion_model, camera.K.tobytes(),
-           np.asarray(camera.D, dtype=np.float64).tobytes())
+    key = _camera_key(camera)
     rays = _RAY_CACHE.get(key)
     if rays is None:
         rays = np.ascontiguousarray(camera.ray_directions()[..., :2].transpose(2, 0, 1), dtype=np.float32)
@@ -107,3 +114,83 @@ def grid_depth_to_points(depth: np.ndarray, camera: CameraModel, *, min_depth: f
 def stack_inputs(items: Sequence[ModelInput]) -> tuple[np.ndarray, np.ndarray]:
     """-> ((B, 3, h, w) float32 images, (B, 2, h, w) float32 rays)."""
     return (np.stack([m.image for m in items]), np.stack([m.rays for m in items]))
+
+
+# --------------------------------------------------------------------------- on a torch device
+def mirror_vector_maps(x: "torch.Tensor") -> "torch.Tensor":
+    """(B, C, h, w) per-pixel optical-frame vectors (points, or rays as (x/z, y/z)) of the mirror image:
+    columns reversed and x negated (`core.frames.mirror_image_vectors`, on a torch device)."""
+    import torch
+    return torch.cat([-x[:, :1], x[:, 1:]], dim=1).flip(-1)
+
+
+@dataclass(frozen=True)
+class DeviceTaps:
+    """A `ResampleTaps` on a torch device (index tables int64, weights float32)."""
+    rows: "torch.Tensor"
+    row_weights: "torch.Tensor"
+    cols: "torch.Tensor"
+    col_weights: "torch.Tensor"
+    valid: "torch.Tensor"
+
+    @classmethod
+    def of(cls, taps: ResampleTaps, device) -> "DeviceTaps":
+        import torch
+        return cls(*(torch.as_tensor(a, dtype=dt).to(device) for a, dt in (
+            (taps.rows, torch.int64), (taps.row_weights, torch.float32), (taps.cols, torch.int64),
+            (taps.col_weights, torch.float32), (taps.valid, torch.bool))))
+
+
+def resample_tensor(image: "torch.Tensor", taps: DeviceTaps, *, fill: float = 0.0) -> "torch.Tensor":
+    """(H, W, C) float tensor -> (h, w, C) float32 on the taps' grid: `core.focal.resample` of a float32
+    image, computed where the tensor lives (rows first, as there)."""
+    import torch
+    rows = torch.einsum("htwc,ht->hwc", image.float()[taps.rows], taps.row_weights)
+    out = torch.einsum("hwtc,wt->hwc", rows[:, taps.cols], taps.col_weights)
+    return torch.where(taps.valid[..., None], out, torch.full((), fill, dtype=out.dtype, device=out.device))
+
+
+class DevicePreprocess:
+    """`prepare_input` + `stack_inputs` on a torch device: each uint8 image goes up as it is (a
+    quarter of the float32 model-grid image and rays it replaces) and is resampled there, with the
+    taps of its transform and the rays of its grid camera cached on the device (a stream keeps one
+    camera). Same arithmetic as the host path (`core.focal.resample_taps`), float32."""
+
+    def __init__(self, cfg: GridConfig, device, *, cache_size: int = 8) -> None:
+        self.cfg, self.device, self.cache_size = cfg, device, cache_size
+        self._taps: "OrderedDict[PixelTransform, DeviceTaps]" = OrderedDict()
+        self._rays: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+
+    def _cached(self, cache: OrderedDict, key, make):
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = make()
+            if len(cache) > self.cache_size:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return value
+
+    def __call__(self, images: Sequence[np.ndarray], cameras: Sequence[CameraModel], *, mirrored: bool = False
+                 ) -> tuple["torch.Tensor", "torch.Tensor", list[PixelTransform]]:
+        """-> ((B, 3, h, w) float32 images in [0, 1], (B, 2, h, w) float32 rays, transforms); with
+        `mirrored`, B more after them: the mirror images (columns reversed, the rays' x negated)."""
+        import torch
+        cfg = self.cfg
+        grids, rays, transforms = [], [], []
+        for img, cam in zip(images, cameras):
+            img = check_image(img, cam)
+            t = model_grid_transform(cam, cfg)
+            grid_cam = t.apply_camera(cam)
+            taps = self._cached(self._taps, t, lambda: DeviceTaps.of(
+                resample_taps(t.inverse(), cfg.in_width, cfg.in_height, interpolation="linear"), self.device))
+            src = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
+            grids.append(resample_tensor(src, taps).permute(2, 0, 1) / 255.0)
+            rays.append(self._cached(self._rays, _camera_key(grid_cam),
+                                     lambda: torch.from_numpy(np.array(grid_rays(grid_cam))).to(self.device)))
+            transforms.append(t)
+        image, ray = torch.stack(grids), torch.stack(rays)
+        if mirrored:
+            image, ray = torch.cat([image, image.flip(-1)]), torch.cat([ray, mirror_vector_maps(ray)])
+            transforms = transforms + transforms
+        return image.contiguous(), ray.contiguous(), transforms

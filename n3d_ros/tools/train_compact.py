@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from ..core.questions import SET_KINDS
 from ..geometry.checkpoint_io import load_safetensors, save_safetensors
 from ..geometry.compact_encoder import CompactEncoderConfig, CompactGeometryEncoder
-from ..geometry.preprocess import model_grid_transform
+from ..geometry.preprocess import mirror_vector_maps, model_grid_transform
 from ..vlm.compact_backend import DEFAULT_INFERENCE, encoder_config
 from ..vlm.compact_model import BOX_PARAMS, CompactSpatialDecoder, CompactVLMConfig
 from ..vlm.compact_targets import (box_to_target, dense_target, heat_target, mirror_box_params, mirror_patch_maps,
@@ -623,8 +623,7 @@ def _mirror_params(params: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 
 def _negate_x(x: torch.Tensor) -> torch.Tensor:
-    """x (B, C, ...) with its first channel (an optical-frame x) negated (on the GPU; the numpy form
-    for whole mirror images is core.frames.mirror_image_vectors)."""
+    """(B, 3) optical-frame vectors with x negated (whole per-pixel maps: mirror_vector_maps)."""
     return torch.cat([-x[:, :1], x[:, 1:]], dim=1)
 
 
@@ -653,7 +652,7 @@ def mirror_images(flip: torch.Tensor, image: torch.Tensor, rays: torch.Tensor, d
     """Images (B,C,H,W), rays (B,2,H,W), depth (B,1,H,W) and up vectors (B,3) of the mirrored
     scene where `flip`: columns reversed, and the rays' and up vector's x negated (optical frame)."""
     f4 = flip[:, None, None, None]
-    return (torch.where(f4, image.flip(-1), image), torch.where(f4, _negate_x(rays.flip(-1)), rays),
+    return (torch.where(f4, image.flip(-1), image), torch.where(f4, mirror_vector_maps(rays), rays),
             torch.where(f4, depth.flip(-1), depth), torch.where(flip[:, None], _negate_x(up), up))
 
 

@@ -28,12 +28,11 @@ from ..core.box import Box3D
 from ..core.box_overlap import suppress_overlaps
 from ..core.box_refine import snap_boxes_to_depth
 from ..core.camera import CameraModel
-from ..core.frames import mirror_image_vectors
 from ..core.objects import GroundedObject
 from ..core.question_parser import parse_question
 from ..core.questions import SET_KINDS, QuestionKind
 from ..core.reasoning import ReasoningError, answer_query
-from ..geometry.preprocess import grid_depth_to_points
+from ..geometry.preprocess import grid_depth_to_points, mirror_vector_maps
 from .compact_model import CompactSpatialDecoder, CompactVLMConfig
 from .compact_targets import (ParsedOutput, colour_contradiction, mirror_box_params, mirror_patch_maps, phrase_class,
                               target_to_box)
@@ -423,10 +422,10 @@ class CompactSpatialVLM:
             return (torch.from_numpy(np.nan_to_num(points).transpose(2, 0, 1)[None].astype(np.float32)).to(dev),
                     torch.from_numpy(np.ascontiguousarray(mask)[None, None]).to(dev))
 
-        # Measured geometry is mirrored like the image: columns reversed, x negated.
-        mirrored = (m_features, *tensors(mirror_image_vectors(points, channel_axis=-1), mask[:, ::-1])) \
-            if mirror else None
-        return _Encoded(features, *tensors(points, mask), camera=cam, source="depth", measured=(points, mask),
+        points_t, mask_t = tensors(points, mask)
+        # Measured geometry is mirrored like the image: columns reversed, x negated (where it already is).
+        mirrored = (m_features, mirror_vector_maps(points_t), mask_t.flip(-1)) if mirror else None
+        return _Encoded(features, points_t, mask_t, camera=cam, source="depth", measured=(points, mask),
                         mirror=mirrored)
 
     # ------------------------------------------------------------------ decoding
