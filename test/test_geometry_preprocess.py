@@ -1,4 +1,6 @@
 """preprocess: focal normalization + padding onto the model grid, rays of the grid camera."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -115,9 +117,12 @@ def test_device_preprocess_is_prepare_input_on_the_device(mirrored, device):
     from n3d_ros.geometry.preprocess import DevicePreprocess, stack_inputs
     rng = np.random.default_rng(6)
     imgs = [rng.integers(0, 255, (c.height, c.width, 3), dtype=np.uint8) for c in _CAMERAS]
+    imgs[0].flags.writeable = False            # a ROS message's buffer: torch would warn on each frame
     prep = DevicePreprocess(CFG, device, cache_size=2)
     for _ in range(2):                         # the second time from the caches (two of four entries kept)
-        image, rays, transforms = prep(imgs, _CAMERAS, mirrored=mirrored)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            image, rays, transforms = prep(imgs, _CAMERAS, mirrored=mirrored)
         items = [prepare_input(i, c, CFG) for i, c in zip(imgs, _CAMERAS)]
         want_image, want_rays = stack_inputs(items)
         want_t = [m.transform for m in items]

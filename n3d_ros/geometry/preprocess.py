@@ -184,7 +184,9 @@ class DevicePreprocess:
             grid_cam = t.apply_camera(cam)
             taps = self._cached(self._taps, t, lambda: DeviceTaps.of(
                 resample_taps(t.inverse(), cfg.in_width, cfg.in_height, interpolation="linear"), self.device))
-            src = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
+            # torch warns on read-only arrays (a ROS message's buffer, a cached frame): those are copied.
+            src = torch.from_numpy(img if img.flags.writeable and img.flags.c_contiguous else img.copy())
+            src = src.to(self.device)
             grids.append(resample_tensor(src, taps).permute(2, 0, 1) / 255.0)
             rays.append(self._cached(self._rays, _camera_key(grid_cam),
                                      lambda: torch.from_numpy(np.array(grid_rays(grid_cam))).to(self.device)))
