@@ -3,7 +3,7 @@
     python benchmarks/bench_preprocess.py
     python benchmarks/bench_preprocess.py --repeats 50 --device cuda
 
-Times `geometry.preprocess.prepare_input` (what every encoder call does first) and the frame
+Times `geometry.preprocess.prepare_input` (what every host-path encoder call does first) and the frame
 content key that lets follow-up questions reuse an encoding (`SceneInput.content_key`), for
 common camera sizes on the built-in model's grid, and prints a markdown table of medians. Both run
 on the host CPU whatever the GPU. With `--device cuda` it also times, side by side, what the
@@ -34,8 +34,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     from n3d_ros.core.camera import CameraModel
-    from n3d_ros.core.frames import mirror_image_vectors
-    from n3d_ros.geometry.preprocess import DevicePreprocess, prepare_input, stack_inputs
+    from n3d_ros.geometry.preprocess import DevicePreprocess, prepare_input, stacked_inputs
     from n3d_ros.vlm.compact_backend import default_model_dir, encoder_config, read_model_config
     from n3d_ros.vlm.contract import SceneInput
 
@@ -52,9 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         device_prep = DevicePreprocess(cfg, a.device)
 
         def host_path(img, cam):
-            image, rays = stack_inputs([prepare_input(img, cam, cfg)])
-            image = np.ascontiguousarray(np.concatenate([image, image[..., ::-1]]))
-            rays = np.ascontiguousarray(np.concatenate([rays, mirror_image_vectors(rays, channel_axis=1)]))
+            image, rays, _ = stacked_inputs([img], [cam], cfg, mirrored=True)
             torch.from_numpy(image).to(a.device), torch.from_numpy(rays).to(a.device)
             sync()
 

@@ -8,11 +8,10 @@ import numpy as np
 
 from ..core.camera import CameraModel
 from ..core.focal import PixelTransform
-from ..core.frames import mirror_image_vectors
 from .backends import Runner
 from .compact_encoder import CompactEncoderConfig
 from .contract import GeometryOutput, check_batch
-from .preprocess import DevicePreprocess, prepare_input, stack_inputs
+from .preprocess import DevicePreprocess, stacked_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -70,14 +69,7 @@ class CompactGeometry:
         if self._device_prep is not None:
             image, rays, transforms = self._device_prep(images, cameras, mirrored=mirrored)
         else:
-            items = [prepare_input(img, cam, self.config) for img, cam in zip(images, cameras)]
-            image, rays = stack_inputs(items)  # (B, 3, h, w), (B, 2, h, w)
-            transforms = [m.transform for m in items]
-            if mirrored:
-                image = np.concatenate([image, image[..., ::-1]])
-                rays = np.concatenate([rays, mirror_image_vectors(rays, channel_axis=1)])
-                image, rays = np.ascontiguousarray(image), np.ascontiguousarray(rays)
-                transforms = transforms + transforms
+            image, rays, transforms = stacked_inputs(images, cameras, self.config, mirrored=mirrored)
         device = device or self.runner.device
         run = getattr(self.runner, "run_tensors", None)
         step = self.runner.max_batch or len(transforms)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 import numpy as np
 
 from ..core.camera import CameraModel, check_image, valid_depth
+from ..core.frames import mirror_image_vectors
 from ..core.focal import PixelTransform, ResampleTaps, normalize_focal, resample_taps
 
 if TYPE_CHECKING:
@@ -73,6 +74,33 @@ def prepare_input(image: np.ndarray, camera: CameraModel, cfg: GridConfig) -> Mo
     return ModelInput(image=chw, rays=grid_rays(grid_cam), transform=transform, camera=grid_cam)
 
 
+def stacked_inputs(images: Sequence[np.ndarray], cameras: Sequence[CameraModel], cfg: GridConfig, *,
+                   mirrored: bool = False) -> tuple[np.ndarray, np.ndarray, list[PixelTransform]]:
+    """The host path of an encoder batch: ((B, 3, h, w) float32 images, (B, 2, h, w) float32 rays,
+    transforms); with `mirrored`, B more after them: the mirror images (columns reversed, the rays'
+    x negated). `DevicePreprocess` is the same on a torch device."""
+    items = [prepare_input(img, cam, cfg) for img, cam in zip(images, cameras)]
+    image, rays = stack_inputs(items)
+    transforms = [m.transform for m in items]
+    if mirrored:
+        image = np.ascontiguousarray(np.concatenate([image, image[..., ::-1]]))
+        rays = np.ascontiguousarray(np.concatenate([rays, mirror_image_vectors(rays, channel_axis=1)]))
+        transforms = transforms + transforms
+    return image, rays, transforms
+
+
+def _lru(cache: OrderedDict, key, make, size: int):
+    """cache[key], made by `make()` on a miss; the least recently used entry goes beyond `size`."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+        if len(cache) > size:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return value
+
+
 _RAY_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 _RAY_CACHE_SIZE = 8
 
@@ -82,22 +110,18 @@ def _camera_key(camera: CameraModel) -> tuple:
             np.asarray(camera.D, dtype=np.float64).tobytes())
 
 
+def _read_only_rays(camera: CameraModel) -> np.ndarray:
+    rays = np.ascontiguousarray(camera.ray_directions()[..., :2].transpose(2, 0, 1), dtype=np.float32)
+    rays.flags.writeable = False
+    return rays
+
+
 def grid_rays(camera: CameraModel) -> np.ndarray:
     """(2, h, w) float32 (x/z, y/z) per pixel of `camera` (valid everywhere, padding included).
 
     Read-only and cached per camera: a stream keeps one camera, and undistorting every pixel's ray
     again for each frame cost more than the rest of the preprocessing."""
-    key = _camera_key(camera)
-    rays = _RAY_CACHE.get(key)
-    if rays is None:
-        rays = np.ascontiguousarray(camera.ray_directions()[..., :2].transpose(2, 0, 1), dtype=np.float32)
-        rays.flags.writeable = False
-        _RAY_CACHE[key] = rays
-        if len(_RAY_CACHE) > _RAY_CACHE_SIZE:
-            _RAY_CACHE.popitem(last=False)
-    else:
-        _RAY_CACHE.move_to_end(key)
-    return rays
+    return _lru(_RAY_CACHE, _camera_key(camera), lambda: _read_only_rays(camera), _RAY_CACHE_SIZE)
 
 
 def grid_depth_to_points(depth: np.ndarray, camera: CameraModel, *, min_depth: float = 1e-3
@@ -151,7 +175,7 @@ def resample_tensor(image: "torch.Tensor", taps: DeviceTaps, *, fill: float = 0.
 
 
 class DevicePreprocess:
-    """`prepare_input` + `stack_inputs` on a torch device: each uint8 image goes up as it is (a
+    """`stacked_inputs` on a torch device: each uint8 image goes up as it is (a
     quarter of the float32 model-grid image and rays it replaces) and is resampled there, with the
     taps of its transform and the rays of its grid camera cached on the device (a stream keeps one
     camera). Same arithmetic as the host path (`core.focal.resample_taps`), float32."""
@@ -160,16 +184,6 @@ class DevicePreprocess:
         self.cfg, self.device, self.cache_size = cfg, device, cache_size
         self._taps: "OrderedDict[PixelTransform, DeviceTaps]" = OrderedDict()
         self._rays: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
-
-    def _cached(self, cache: OrderedDict, key, make):
-        value = cache.get(key)
-        if value is None:
-            value = cache[key] = make()
-            if len(cache) > self.cache_size:
-                cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
-        return value
 
     def __call__(self, images: Sequence[np.ndarray], cameras: Sequence[CameraModel], *, mirrored: bool = False
                  ) -> tuple["torch.Tensor", "torch.Tensor", list[PixelTransform]]:
@@ -182,14 +196,15 @@ class DevicePreprocess:
             img = check_image(img, cam)
             t = model_grid_transform(cam, cfg)
             grid_cam = t.apply_camera(cam)
-            taps = self._cached(self._taps, t, lambda: DeviceTaps.of(
-                resample_taps(t.inverse(), cfg.in_width, cfg.in_height, interpolation="linear"), self.device))
+            taps = _lru(self._taps, t, lambda: DeviceTaps.of(
+                resample_taps(t.inverse(), cfg.in_width, cfg.in_height, interpolation="linear"), self.device),
+                self.cache_size)
             # torch warns on read-only arrays (a ROS message's buffer, a cached frame): those are copied.
             src = torch.from_numpy(img if img.flags.writeable and img.flags.c_contiguous else img.copy())
             src = src.to(self.device)
             grids.append(resample_tensor(src, taps).permute(2, 0, 1) / 255.0)
-            rays.append(self._cached(self._rays, _camera_key(grid_cam),
-                                     lambda: torch.from_numpy(np.array(grid_rays(grid_cam))).to(self.device)))
+            rays.append(_lru(self._rays, _camera_key(grid_cam),
+                             lambda: torch.from_numpy(np.array(grid_rays(grid_cam))).to(self.device), self.cache_size))
             transforms.append(t)
         image, ray = torch.stack(grids), torch.stack(rays)
         if mirrored:
